@@ -1,0 +1,23 @@
+"""tunelab: turn a general pretrained language model into a specialist for one task.
+
+The public API is small; everything else lives in its subpackage.
+"""
+
+from tunelab.config import RunConfig, load_config
+from tunelab.errors import TunelabError
+from tunelab.infer import DecodingConfig, generate
+from tunelab.models import load_model, load_run
+
+__version__ = "0.1.0"
+
+
+def train(config: str | RunConfig | None = None, overrides: list[str] | None = None) -> dict:
+    """Run the objective a config names (a YAML path or a RunConfig) and return its summary."""
+    from tunelab.objectives import run
+
+    cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
+    return run(cfg)
+
+
+__all__ = ["RunConfig", "load_config", "TunelabError", "DecodingConfig", "generate", "load_model", "load_run",
+           "train", "__version__"]

@@ -1,0 +1,170 @@
+"""The `tunelab` command line: one table of subcommands, each a thin call into the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+
+
+def _decoding(args):
+    from tunelab.infer import DecodingConfig
+
+    return DecodingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop or [],
+                          seed=args.seed)
+
+
+def _load(args):
+    from tunelab.models import load_model, load_run
+
+    if args.adapter:
+        return load_run(args.adapter, base=args.model)
+    return load_model(args.model or "smollm2-135m-instruct")
+
+
+def cmd_train(args) -> int:
+    from tunelab.config import load_config
+    from tunelab.objectives import run
+
+    overrides = list(args.set or [])
+    if args.resume:
+        overrides.append("train.resume=true")
+    if args.skip_bad:
+        overrides.append("data.skip_bad=true")
+    cfg = load_config(args.config, overrides)
+    summary = run(cfg)
+    print(json.dumps({k: v for k, v in summary.items() if k != "data"}, indent=2))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from tunelab.config import DataConfig
+    from tunelab.data import build_sft, describe
+    from tunelab.models import load_tokenizer, resolve
+
+    cfg = DataConfig(train=args.file, format=args.format, max_length=args.max_length, skip_bad=args.skip_bad,
+                     val_split=0.0)
+    data = build_sft(cfg, load_tokenizer(resolve(args.model)))
+    print(describe(data.stats))
+    for line in data.bad[:10]:
+        print(f"skipped: {line}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from tunelab.data.readers import read_records
+    from tunelab.errors import DataError
+    from tunelab.infer import generate
+
+    model, tokenizer = _load(args)
+    records = list(read_records(args.input))
+    prompts = []
+    for r in records:
+        prompt = r.data.get(args.field, r.data.get("messages"))
+        if not isinstance(prompt, (str, list)):
+            raise DataError(f"{r.where}: needs a '{args.field}' string (or a 'messages' list)")
+        prompts.append(prompt)
+    answers = generate(model, tokenizer, prompts, _decoding(args), batch_size=args.batch_size, system=args.system)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        for r, answer in zip(records, answers):
+            f.write(json.dumps({**r.data, "output": answer}, ensure_ascii=False) + "\n")
+    print(f"wrote {len(answers)} generations to {out}")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from tunelab.infer.chat import chat_loop
+
+    model, tokenizer = _load(args)
+    chat_loop(model, tokenizer, _decoding(args), system=args.system)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from tunelab.demo import run_demo
+
+    run_demo(output_dir=args.output_dir, n_train=args.train_examples, epochs=args.epochs)
+    return 0
+
+
+def _decoding_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--system", default=None, help="system prompt")
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="alias, folder, .gguf or Hub id (default smollm2-135m-instruct)")
+    p.add_argument("--adapter", default=None, help="a run folder (runs/NAME) whose adapter or model to use")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunelab", description="Turn a general language model into a specialist.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("config", nargs="?", help="YAML config file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-4")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest complete checkpoint")
+    p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("data", help="check a data file: format, token lengths, truncation, bad records")
+    p.add_argument("file")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--format", default="auto")
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--skip-bad", action="store_true")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("generate", help="batched generation over a JSONL file of prompts")
+    _model_flags(p)
+    p.add_argument("--input", required=True, help="JSONL with a 'prompt' field (or 'messages')")
+    p.add_argument("--output", required=True)
+    p.add_argument("--field", default="prompt")
+    p.add_argument("--batch-size", type=int, default=16)
+    _decoding_flags(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive chat in the terminal")
+    _model_flags(p)
+    _decoding_flags(p)
+    p.set_defaults(func=cmd_chat, max_new_tokens=512)
+
+    p = sub.add_parser("demo", help="the main job: LoRA SFT on the built-in requests-to-JSON task, before/after")
+    p.add_argument("--output-dir", default="runs")
+    p.add_argument("--train-examples", type=int, default=400)
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except TunelabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

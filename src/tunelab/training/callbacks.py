@@ -1,0 +1,69 @@
+"""Trainer callbacks: metrics.jsonl rows and a live progress line (loss, tokens/s, ETA)."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import TrainerCallback
+
+from tunelab.training.records import RunRecord
+
+
+class RunLogger(TrainerCallback):
+    """Append each log to metrics.jsonl and show progress on the main process.
+
+    `tokens` returns the real (non-padding) tokens trained so far on all processes.
+    """
+
+    def __init__(self, record: RunRecord, tokens, console: Console | None = None):
+        self.record = record
+        self.tokens = tokens
+        self.console = console or Console(stderr=True)
+        self.progress: Progress | None = None
+        self.task = None
+        self.loss = float("nan")
+        self.t0 = time.time()
+        self.tokens0 = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.t0, self.tokens0 = time.time(), self.tokens()
+        if not state.is_world_process_zero or not self.console.is_terminal:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("", total=state.max_steps, completed=state.global_step)
+
+    def rate(self) -> float:
+        return (self.tokens() - self.tokens0) / max(time.time() - self.t0, 1e-9)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step,
+                                 description=f"loss {self.loss:.4f}  {self.rate():,.0f} tok/s")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "tokens": self.tokens(),
+               "tokens_per_s": round(self.rate(), 1), "time_s": round(time.time() - self.t0, 2)}
+        for key, value in logs.items():
+            if key in ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos"):
+                continue
+            row["lr" if key == "learning_rate" else key] = value
+        if "loss" in row:
+            self.loss = row["loss"]
+        self.record.log(row)
+        if self.progress is None and ("loss" in row or "eval_loss" in row):  # not a terminal: plain lines
+            shown = {k: row[k] for k in ("step", "loss", "eval_loss", "tokens_per_s") if k in row}
+            self.console.print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+            self.progress.stop()
+            self.progress = None

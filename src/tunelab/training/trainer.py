@@ -1,0 +1,152 @@
+"""The shared trainer: transformers' Trainer with a leaner causal-LM loss, token counting
+and atomic checkpoints. Objectives build it through `make_trainer`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import PrinterCallback, Trainer, TrainingArguments
+
+from tunelab.config import TrainConfig
+from tunelab.data.tokenize import IGNORE
+from tunelab.training.precision import compute_dtype
+
+CHECKPOINT_PREFIX = "checkpoint-"
+COMPLETE = "COMPLETE"  # written last: a checkpoint without it is an interrupted write and is never resumed
+
+
+def training_arguments(cfg: TrainConfig, run_dir: Path, has_eval: bool, **extra) -> TrainingArguments:
+    """TrainingArguments from tunelab's TrainConfig (one place, shared by every objective)."""
+    bf16 = compute_dtype(cfg.precision) == torch.bfloat16
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    eval_steps = cfg.eval_steps if cfg.eval_steps > 0 else None
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of total steps
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval and eval_steps else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps" if cfg.save_steps > 0 else "no",
+        save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
+        save_total_limit=cfg.save_total_limit,
+        report_to="none",
+        disable_tqdm=True,  # tunelab's own progress line shows loss, tokens/s and ETA
+        remove_unused_columns=False,
+        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
+        ddp_find_unused_parameters=False,
+        dataloader_num_workers=0,
+        **extra,
+    )
+
+
+class TunelabTrainer(Trainer):
+    """Trainer with three changes:
+
+    * causal-LM loss computes the vocabulary projection only at positions that have a
+      label (answers), not at every prompt and padding position;
+    * counts real (non-padding) tokens, for tokens/s;
+    * checkpoints are written to a staging folder and renamed, then marked COMPLETE.
+    """
+
+    loss_is_scaled_for_ga = True  # compute_loss divides by the token count of the whole accumulated batch
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.remove_callback(PrinterCallback)  # RunLogger reports instead
+        self.real_tokens_seen = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mask = inputs.get("attention_mask")
+        self.real_tokens_seen += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        labels = inputs.pop("labels")
+        # Hidden states come out of the (possibly DDP-wrapped) forward; the head runs only on
+        # labelled positions. With answers a fraction of each sequence this saves most of
+        # the largest matmul (hidden x vocabulary) and its backward.
+        out = model(**inputs, output_hidden_states=True, logits_to_keep=1, use_cache=False)
+        hidden = out.hidden_states[-1][:, :-1]  # (batch, seq-1, hidden): position t predicts token t+1
+        targets = labels[:, 1:]
+        keep = targets != IGNORE
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        with self.accelerator.autocast():  # the forward's autocast does not reach this call
+            logits = head(hidden[keep]).float()  # (n_labelled, vocab)
+        loss = F.cross_entropy(logits, targets[keep], reduction="sum")
+        if num_items_in_batch is None:
+            loss = loss / keep.sum().clamp(min=1)
+        else:
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        return (loss, out) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, dict(inputs))
+        return loss.detach(), None, None
+
+    def _save_checkpoint(self, model, trial):
+        root = Path(self.args.output_dir)
+        final = root / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        staging = root / f".staging-{final.name}"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        self.save_model(str(staging), _internal_call=True)
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(str(staging))
+            self._save_rng_state(str(staging))
+        if self.args.should_save:
+            self.state.save_to_json(str(staging / "trainer_state.json"))
+            _fsync_tree(staging)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging, final)
+            (final / COMPLETE).write_text(json.dumps({"step": self.state.global_step}))
+            _rotate(root, self.args.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint of a run that finished writing, or None."""
+    root = run_dir / "checkpoints"
+    done = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if (p / COMPLETE).is_file()] if root.is_dir() else []
+    return max(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+
+
+def _rotate(root: Path, keep: int | None) -> None:
+    if not keep:
+        return
+    done = sorted((p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if (p / COMPLETE).is_file()),
+                  key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
