@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny random models built in code, the real data folder (or a skip)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama-style model with a byte-level tokenizer, saved as a local HF folder."""
+    from tunelab.models import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def tiny():
+    """(model, tokenizer) built fresh in memory."""
+    from tunelab.models import tiny_llama
+
+    return tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, or skip the test when it is not there."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is missing (it sits beside the project in CI and dev machines)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The real default model, converted once from its packaged GGUF (slow tests only)."""
+    from tunelab.models import resolve
+
+    return resolve("smollm2-135m-instruct")
