@@ -21,11 +21,14 @@ def _decoding(args):
 
 
 def _load(args):
+    """Model for inference, in bfloat16 where the hardware computes it natively."""
     from tunelab.models import load_model, load_run
+    from tunelab.training.precision import compute_dtype
 
+    dtype = compute_dtype("auto")
     if args.adapter:
-        return load_run(args.adapter, base=args.model)
-    return load_model(args.model or "smollm2-135m-instruct")
+        return load_run(args.adapter, base=args.model, dtype=dtype)
+    return load_model(args.model or "smollm2-135m-instruct", dtype=dtype)
 
 
 def cmd_train(args) -> int:
@@ -158,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # per-tensor loading bars; tunelab shows its own progress
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)

@@ -9,6 +9,7 @@ checked against the Config dataclass the method or objective registered.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,15 @@ import yaml
 from tunelab.errors import ConfigError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-4` as a float (YAML 1.1 only knows `1.0e-4`; people write 1e-4)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 @dataclass
@@ -105,22 +115,22 @@ def _registered_name(cfg: Any) -> str:
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
     """Build dataclass `cls` from a mapping, checking every key and value type.
 
-    Raises ConfigError naming the dotted key (and `where`, usually the file) on an
-    unknown key or a value of the wrong type.
+    `where` is the dotted key of this mapping ('' at the top). Raises ConfigError naming
+    the dotted key on an unknown key or a value of the wrong type.
     """
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+        raise ConfigError(f"{where or 'config'}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
     names = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
+        dotted = f"{where}.{key}" if where else key
         if key not in names:
-            raise ConfigError(
-                f"{where}: unknown key '{key}' in {cls.__name__}; valid keys: {', '.join(sorted(names))}"
-            )
-        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}" if where else key)
+            raise ConfigError(f"unknown key '{dotted}'; valid keys{f' in {where}' if where else ''}: "
+                              f"{', '.join(sorted(names))}")
+        kwargs[key] = _coerce(hints[key], value, dotted)
     return cls(**kwargs)
 
 
@@ -141,7 +151,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             try:
                 return _coerce(arg, value, key)
             except ConfigError as e:
-                errors.append(str(e))
+                errors.append(e)
         raise errors[0] if len(errors) == 1 else ConfigError(f"{key}: value {value!r} fits none of {tp}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -180,13 +190,11 @@ def parse_overrides(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise ConfigError(f"--set {pair!r}: expected key=value, for example --set train.lr=1e-4")
         key, raw = pair.split("=", 1)
-        node = tree
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {pair!r}: '{part}' is set twice")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+        for part in reversed(key.strip().split(".")):
+            value = {part: value}
+        # merged like a file, so `method=freeze` then `method.last_n_layers=1` combine; later pairs win
+        tree = deep_merge(tree, value)
     return tree
 
 
@@ -198,6 +206,8 @@ def deep_merge(base: dict, over: dict) -> dict:
         if isinstance(value, dict):
             if isinstance(old, str):
                 old = {"name": old}
+            if isinstance(old, dict) and value.get("name", old.get("name")) != old.get("name"):
+                old = {}  # another method or objective: the options of the old one do not apply
             out[key] = deep_merge(old if isinstance(old, dict) else {}, value)
         else:
             out[key] = value
@@ -214,7 +224,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
         if loaded is not None and not isinstance(loaded, dict):
@@ -225,24 +235,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def resolve(raw: dict, where: str = "config") -> RunConfig:
-    """Turn a plain mapping into a RunConfig with method/objective Config objects."""
+    """Turn a plain mapping into a RunConfig with method/objective Config objects.
+
+    Raises ConfigError starting with `where` (usually the file), then the dotted key.
+    """
     from tunelab.methods import METHODS
     from tunelab.objectives import OBJECTIVES
 
-    cfg = from_dict(RunConfig, raw, where)
-    cfg.method = _resolve_registered(cfg.method, METHODS, "method", where)
-    cfg.objective = _resolve_registered(cfg.objective, OBJECTIVES, "objective", where)
+    try:
+        cfg = from_dict(RunConfig, raw)
+        cfg.method = _resolve_registered(cfg.method, METHODS, "method", RunConfig.method)
+        cfg.objective = _resolve_registered(cfg.objective, OBJECTIVES, "objective", RunConfig.objective)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
     return cfg
 
 
-def _resolve_registered(value: Any, table: dict, kind: str, where: str) -> Any:
+def _resolve_registered(value: Any, table: dict, kind: str, default: str) -> Any:
     if dataclasses.is_dataclass(value):
         return value
     options = {"name": value} if isinstance(value, str) else dict(value or {})
-    name = options.get("name")
+    name = options.setdefault("name", default)  # `--set method.r=8` alone tunes the default method
     if name not in table:
-        raise ConfigError(f"{where}: {kind} '{name}' is not known; choose one of: {', '.join(sorted(table))}")
-    return from_dict(table[name].config, options, f"{where}: {kind}")
+        raise ConfigError(f"{kind} '{name}' is not known; choose one of: {', '.join(sorted(table))}")
+    return from_dict(table[name].config, options, kind)
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:

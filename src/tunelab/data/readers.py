@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -65,10 +66,13 @@ def read_records(path: str | Path, max_record_bytes: int = 10_000_000, skip_bad:
         raise DataError(f"{path}: no records found")
 
 
-def _decode(raw: bytes, where: str) -> str | BadRecord:
+def _decode(raw: bytes, where: str, whole_file: bool = False) -> str | BadRecord:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
+        if whole_file:  # a byte offset alone is hard to find in an editor: name the line too
+            line = raw.count(b"\n", 0, e.start) + 1
+            where = f"{where}:{line}"
         return BadRecord(f"{where}: bytes are not valid UTF-8 (at byte {e.start}); re-save the file as UTF-8")
 
 
@@ -114,7 +118,7 @@ def _bounded_lines(f: io.BufferedReader, limit: int) -> Iterator[bytes | None]:
 def _json(path: Path, limit: int) -> Iterator[Record | BadRecord]:
     if path.stat().st_size > 2 * 1024**3:
         raise DataError(f"{path}: a .json file this large cannot be read at once; convert it to .jsonl")
-    text = _decode(path.read_bytes(), str(path))
+    text = _decode(path.read_bytes(), str(path), whole_file=True)
     if isinstance(text, BadRecord):
         raise DataError(str(text))
     try:
@@ -138,21 +142,36 @@ def _json(path: Path, limit: int) -> Iterator[Record | BadRecord]:
 
 def _csv(path: Path, limit: int) -> Iterator[Record | BadRecord]:
     csv.field_size_limit(limit)
-    with open(path, encoding="utf-8", newline="", errors="strict") as f:
+    # surrogateescape keeps reading past invalid bytes, so the row holding them is reported
+    # with its own line number (a decode error would only name the buffered chunk).
+    with open(path, encoding="utf-8", newline="", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         try:
-            for row in reader:
-                where = f"{path}:{reader.line_num}"
-                if None in row or any(v is None for v in row.values()):
-                    yield BadRecord(f"{where}: the row's number of cells differs from the header's "
-                                    f"{len(reader.fieldnames)} ({', '.join(reader.fieldnames)})")
-                    continue
-                yield Record(dict(row), where)
+            header = reader.fieldnames or []
         except csv.Error as e:
-            raise DataError(f"{path}:{reader.line_num}: {e}; raise data.max_record_bytes if the field is meant to be that long") from None
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: bytes are not valid UTF-8 near line {reader.line_num + 1} ({e.reason}); "
-                            "re-save the file as UTF-8") from None
+            raise DataError(f"{path}:1: the header cannot be read ({e})") from None
+        if _INVALID_UTF8.search(",".join(header)):
+            raise DataError(f"{path}:1: the header has bytes that are not valid UTF-8; re-save the file as UTF-8")
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:  # DictReader.line_num is not updated yet when its reader raises
+                yield BadRecord(f"{path}:{reader.reader.line_num}: {e}; raise data.max_record_bytes if the field "
+                                "is meant to be that long")
+                continue
+            where = f"{path}:{reader.line_num}"
+            if None in row or any(v is None for v in row.values()):
+                yield BadRecord(f"{where}: the row's number of cells differs from the header's "
+                                f"{len(header)} ({', '.join(header)})")
+            elif any(_INVALID_UTF8.search(v) for v in row.values()):
+                yield BadRecord(f"{where}: bytes are not valid UTF-8; re-save the file as UTF-8")
+            else:
+                yield Record(dict(row), where)
+
+
+_INVALID_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape turns undecodable bytes into
 
 
 def _parquet(path: Path, limit: int) -> Iterator[Record | BadRecord]:
@@ -173,7 +192,7 @@ def _txt(path: Path, limit: int) -> Iterator[Record | BadRecord]:
     """A plain-text file is one document (continued pretraining splits it into blocks)."""
     if path.stat().st_size > limit:
         raise DataError(f"{path}: text file is larger than data.max_record_bytes ({limit:,}); raise it or split the file")
-    text = _decode(path.read_bytes(), str(path))
+    text = _decode(path.read_bytes(), str(path), whole_file=True)
     if isinstance(text, BadRecord):
         raise DataError(str(text))
     yield Record({"text": text}, f"{path}")

@@ -94,9 +94,14 @@ def pack(examples: list[dict], max_length: int) -> list[dict]:
     """Pack examples into rows of at most `max_length` tokens (first-fit decreasing).
 
     Each row restarts `position_ids` at 0 for every example; transformers turns that
-    into a block-diagonal attention mask, so packed examples never see each other.
+    into a block-diagonal attention mask, so packed examples never see each other
+    (it does so only without a KV cache: the model must run with use_cache=False).
+    Raises DataError if an example is longer than `max_length` (truncate first).
     """
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    if order and len(examples[order[0]]["input_ids"]) > max_length:
+        raise DataError(f"packing: an example has {len(examples[order[0]]['input_ids'])} tokens, more than "
+                        f"max_length={max_length}; truncate examples before packing")
     rows: list[list[int]] = []
     space: list[int] = []
     for i in order:
@@ -113,7 +118,9 @@ def pack(examples: list[dict], max_length: int) -> list[dict]:
     for row in rows:
         packed.append({
             "input_ids": [t for i in row for t in examples[i]["input_ids"]],
-            "labels": [t for i in row for t in examples[i]["labels"]],
+            # An example's first label is what the previous example's last token would be trained
+            # to predict after the shift: ignore it, so no loss crosses example boundaries.
+            "labels": [IGNORE if k == 0 else t for i in row for k, t in enumerate(examples[i]["labels"])],
             "position_ids": [p for i in row for p in range(len(examples[i]["input_ids"]))],
         })
     return packed

@@ -63,7 +63,7 @@ def load_model(
         model = auto_class.from_pretrained(
             str(folder),
             dtype=dtype,
-            use_safetensors=not cfg.allow_pickle,
+            use_safetensors=None if cfg.allow_pickle else True,  # allowing pickle must not refuse safetensors
             trust_remote_code=cfg.trust_remote_code,
             **kwargs,
         )
