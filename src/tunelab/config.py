@@ -57,6 +57,7 @@ class DataConfig:
     skip_bad: bool = False  # skip and count bad records instead of stopping
     max_record_bytes: int = 10_000_000  # longer lines are bad records (guards against runaway files)
     limit: int | None = None  # use only the first N records (quick experiments)
+    columns: dict[str, str] = field(default_factory=dict)  # rename fields, e.g. {question: prompt, answer: completion}
 
 
 @dataclass

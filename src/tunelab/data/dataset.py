@@ -31,6 +31,8 @@ def load_records(path: str, cfg: DataConfig, fmt: str | None = None) -> LoadedRe
     fmt = fmt or (None if cfg.format == "auto" else cfg.format)
     out = []
     for record in raw:
+        if cfg.columns:  # the user's field names -> the names a format expects
+            record = Record({cfg.columns.get(k, k): v for k, v in record.data.items()}, record.where)
         fmt = fmt or detect_format(record)
         try:
             out.append(normalise(record, fmt))

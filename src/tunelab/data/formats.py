@@ -40,7 +40,8 @@ def detect_format(record: Record) -> str:
             return name
     expected = "; ".join(f"{n}: {', '.join(r)}" for n, r in SIGNATURES)
     raise DataError(f"{record.where}: cannot tell the data format from fields {sorted(keys)}. "
-                    f"Expected one of — {expected}. Rename the fields or set data.format")
+                    f"Expected one of — {expected}. Map your fields with data.columns "
+                    "(e.g. {question: prompt, answer: completion}) or set data.format")
 
 
 def normalise(record: Record, fmt: str) -> dict[str, Any]:
