@@ -44,3 +44,15 @@ def default_model_dir() -> Path:
     from tunelab.models import resolve
 
     return resolve("smollm2-135m-instruct")
+
+
+@pytest.fixture(autouse=True)
+def torch_threads(request):
+    """One thread for tiny models (threads only add OpenMP synchronisation there); all for `slow` tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    if request.node.get_closest_marker("slow") is None:
+        torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

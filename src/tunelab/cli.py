@@ -34,6 +34,7 @@ def _load(args):
 def cmd_train(args) -> int:
     from tunelab.config import load_config
     from tunelab.objectives import run
+    from tunelab.training.records import is_main_process
 
     overrides = list(args.set or [])
     if args.resume:
@@ -42,7 +43,8 @@ def cmd_train(args) -> int:
         overrides.append("data.skip_bad=true")
     cfg = load_config(args.config, overrides)
     summary = run(cfg)
-    print(json.dumps({k: v for k, v in summary.items() if k != "data"}, indent=2))
+    if is_main_process():  # under accelerate launch every rank returns here
+        print(json.dumps({k: v for k, v in summary.items() if k != "data"}, indent=2))
     return 0
 
 

@@ -17,15 +17,6 @@ from tunelab.models.hub import gguf_to_folder
 from tunelab.models.tiny import CHATML
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread is faster than two that wait for each other on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def logits(model, ids):
     with torch.no_grad():
         return model(input_ids=torch.tensor([ids])).logits

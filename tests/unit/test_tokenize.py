@@ -250,16 +250,7 @@ def test_pack_refuses_an_example_longer_than_a_row():
         pack(random_examples([4, 9], vocab=50), max_length=8)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny matmuls: one thread is faster than two that wait for each other on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_packed_examples_do_not_see_each_other(one_thread):
+def test_packed_examples_do_not_see_each_other():
     """Logits and loss of each example inside a packed row equal those of the example alone."""
     model, tokenizer = tiny_llama()
     model.eval()

@@ -41,7 +41,22 @@ def _bf16_ok() -> bool:
 def apply(model, cfg: Config):
     """Prepare the 4-bit model for training (norms in fp32, input grads) and add LoRA adapters."""
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    keep_4bit_layout(model)
     return get_peft_model(model, lora.peft_config(cfg))
+
+
+def keep_4bit_layout(model) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) rewrites a Linear4bit weight in place,
+    the first time it runs in eval mode without grad (as Trainer.evaluate does), into a
+    layout whose kernel has no backward and that dequantize_4bit does not read: training
+    after an evaluation silently loses the gradient through every 4-bit layer, and
+    merging the adapter dequantizes garbage.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 register("qlora", Config, apply, load_kwargs=load_kwargs)

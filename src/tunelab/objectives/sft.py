@@ -45,7 +45,7 @@ def run(cfg: RunConfig) -> dict:
     final = trainer.evaluate() if data.validation else {}
     saved = save_result(trainer, tokenizer, cfg, record.folder)
 
-    trained = tokens()
+    trained = trainer.tokens_trained()  # exact over processes; tokens() scales rank 0's count for progress only
     return record.finish({
         "objective": "sft", "method": cfg.method_name, "model": cfg.model.name,
         "steps": trainer.state.global_step, "train_loss": round(result.training_loss, 5),

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import torch
+from transformers import set_seed
 
 from tunelab.config import RunConfig
 from tunelab.data.templates import ensure_chat_template, eos_ids_for_generation
@@ -22,6 +23,9 @@ def load_for_training(cfg: RunConfig, auto_class=None):
 
     Returns (model, tokenizer).
     """
+    # Methods initialise new weights (LoRA's A) here, before the Trainer seeds: seed now, or
+    # the same config trains differently depending on what ran before in this process.
+    set_seed(cfg.train.seed)
     method = METHODS[cfg.method_name]
     extra = method.load_kwargs(cfg.method) if method.load_kwargs else {}
     model, tokenizer = load_model(cfg.model, dtype=torch.float32, auto_class=auto_class, **extra)

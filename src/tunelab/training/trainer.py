@@ -78,9 +78,15 @@ class TunelabTrainer(Trainer):
         self.remove_callback(PrinterCallback)  # RunLogger reports instead
         self.real_tokens_seen = 0
 
+    def tokens_trained(self) -> int:
+        """Real tokens trained on all processes together; every process must call it (a reduce)."""
+        seen = torch.tensor(self.real_tokens_seen, device=self.accelerator.device)
+        return int(self.accelerator.reduce(seen, reduction="sum"))
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mask = inputs.get("attention_mask")
-        self.real_tokens_seen += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        if model.training:  # evaluation batches pass through here too; they are not trained tokens
+            mask = inputs.get("attention_mask")
+            self.real_tokens_seen += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
         labels = inputs.pop("labels")
         # Hidden states come out of the (possibly DDP-wrapped) forward; the head runs only on
         # labelled positions. With answers a fraction of each sequence this saves most of
@@ -118,6 +124,7 @@ class TunelabTrainer(Trainer):
         if not self.args.save_only_model:
             self._save_optimizer_and_scheduler(str(staging))
             self._save_rng_state(str(staging))
+        self.accelerator.wait_for_everyone()  # every rank writes its own rng_state_<rank>.pth into staging
         if self.args.should_save:
             self.state.save_to_json(str(staging / "trainer_state.json"))
             _fsync_tree(staging)
