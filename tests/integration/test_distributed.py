@@ -1,9 +1,8 @@
 """Data-parallel training in two CPU processes (gloo) through accelerate.
 
-Note: `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate's
-multi-CPU mode wants an MPI config); `--multi_gpu --num_processes 2` goes through
-torch.distributed.run and works on a CPU-only machine, where the Trainer picks gloo
-(tunelab's training_arguments sets ddp_backend=gloo without CUDA).
+Launched as the README says, with the shipped examples/accelerate/ddp.yaml (accelerate's
+local multi-process launcher; a bare `accelerate launch --num_processes 2` on a CPU-only
+machine starts one process). Without CUDA the Trainer talks through gloo.
 """
 
 from __future__ import annotations
@@ -76,9 +75,9 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model
     out = tmp_path / "runs"
     script = tmp_path / "launch_tunelab.py"
     script.write_text(LAUNCHED)
-    argv = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-            str(script), "train"]
+    config = Path(__file__).resolve().parents[2] / "examples" / "accelerate" / "ddp.yaml"
+    argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
+            "--main_process_port", "0", str(script), "train"]
     for s in settings(tiny_model_dir, data, out, "ddp", 4):
         argv += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
