@@ -88,18 +88,14 @@ def hub_download(repo_id: str, revision: str | None = None) -> Path:
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True))
-    except LocalEntryNotFoundError:
-        pass
-    except Exception:
+    except (LocalEntryNotFoundError, ValueError):  # not cached (ValueError: a malformed id): ask the Hub below
         pass
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
         raise ModelError(
             f"model '{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
             "download it on a connected machine or pass a local folder / .gguf file"
         )
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
-    try:
+    try:  # short timeouts: an unreachable Hub must end in an error, never a hang
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, etag_timeout=10))
     except Exception as e:  # network down, unknown repo, gated repo: all end the same way for the user
         raise ModelError(

@@ -23,7 +23,7 @@ class RunLogger(TrainerCallback):
         self.console = console or Console(stderr=True)
         self.progress: Progress | None = None
         self.task = None
-        self.loss = float("nan")
+        self.loss: float | None = None
         self.t0 = time.time()
         self.tokens0 = 0
 
@@ -44,7 +44,7 @@ class RunLogger(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step,
-                                 description=f"loss {self.loss:.4f}  {self.rate():,.0f} tok/s")
+                                 description=f"loss {'-' if self.loss is None else f'{self.loss:.4f}'}  {self.rate():,.0f} tok/s")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
