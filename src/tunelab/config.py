@@ -40,6 +40,7 @@ class ModelConfig:
     revision: str | None = None
     trust_remote_code: bool = False  # runs code shipped with the model: only for models you trust
     allow_pickle: bool = False  # .bin/.pt checkpoints can run code when loaded: refused unless set
+    attn_implementation: str | None = None  # sdpa | eager | flash_attention_2; None: transformers' choice
 
 
 @dataclass

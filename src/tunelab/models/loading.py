@@ -65,6 +65,7 @@ def load_model(
             dtype=dtype,
             use_safetensors=None if cfg.allow_pickle else True,  # allowing pickle must not refuse safetensors
             trust_remote_code=cfg.trust_remote_code,
+            **({"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}),
             **kwargs,
         )
     except ValueError as e:

@@ -50,3 +50,15 @@ def store_frozen_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
             p.data = p.data.to(dtype)
             n += p.numel()
     return n
+
+
+def adapters_follow_autocast(model: torch.nn.Module) -> None:
+    """Stop peft from upcasting each adapter's input to the adapter's float32 weights.
+
+    Under autocast the adapter matmuls run in the compute dtype anyway, so that upcast
+    only adds two full-size activation copies per adapted layer (the largest cost after
+    the matmuls themselves on CPU). Only for models that train under autocast.
+    """
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False

@@ -13,7 +13,7 @@ from tunelab.config import RunConfig
 from tunelab.data.templates import ensure_chat_template, eos_ids_for_generation
 from tunelab.methods import METHODS
 from tunelab.models.loading import load_model
-from tunelab.training.precision import compute_dtype, store_frozen_in
+from tunelab.training.precision import adapters_follow_autocast, compute_dtype, store_frozen_in
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ def load_for_training(cfg: RunConfig, auto_class=None):
     dtype = compute_dtype(cfg.train.precision)
     if method.freezes_base and dtype != torch.float32:
         store_frozen_in(model, dtype)
+        adapters_follow_autocast(model)
     if cfg.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input when embeddings are frozen
     return model, tokenizer
