@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: LoRA SFT on the built-in requests-to-JSON task, before/after")
     p.add_argument("--output-dir", default="runs")
     p.add_argument("--train-examples", type=int, default=400)
-    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--epochs", type=float, default=1.0)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -27,7 +27,7 @@ def evaluate(model, tokenizer, examples: list[dict]) -> tuple[dict, list[str]]:
     return score_json(outputs, [ex["gold"] for ex in examples]), outputs
 
 
-def run_demo(output_dir: str = "runs", n_train: int = 400, n_test: int = 60, epochs: float = 2.0,
+def run_demo(output_dir: str = "runs", n_train: int = 400, n_test: int = 60, epochs: float = 1.0,
              model: str = "smollm2-135m-instruct", console: Console | None = None) -> dict:
     """Run the demo end to end; returns {"before": metrics, "after": metrics, "summary": run summary}."""
     console = console or Console()
