@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from tunelab.errors import TunelabError
@@ -168,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()  # per-tensor loading bars; tunelab shows its own progress
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # optional-kernel notices on every import
+        warnings.filterwarnings("ignore", category=FutureWarning)  # libraries' deprecation notes, not the user's
     try:
         return args.func(args)
     except TunelabError as e:
