@@ -91,7 +91,10 @@ class TunelabTrainer(Trainer):
         # Hidden states come out of the (possibly DDP-wrapped) forward; the head runs only on
         # labelled positions. With answers a fraction of each sequence this saves most of
         # the largest matmul (hidden x vocabulary) and its backward.
-        out = model(**inputs, output_hidden_states=True, logits_to_keep=1, use_cache=False)
+        # logits_to_keep as an index tensor, not the int 1: the int's slice leaves a
+        # non-contiguous (batch, 1, hidden) view whose head matmul copies the whole head weight.
+        first = torch.zeros(1, dtype=torch.long, device=inputs["input_ids"].device)
+        out = model(**inputs, output_hidden_states=True, logits_to_keep=first, use_cache=False)
         hidden = out.hidden_states[-1][:, :-1]  # (batch, seq-1, hidden): position t predicts token t+1
         targets = labels[:, 1:]
         keep = targets != IGNORE
