@@ -22,7 +22,7 @@ demo: setup
 	$(BIN)/tunelab demo
 
 test: setup
-	$(BIN)/python -m pytest -q -m "not distributed or distributed" --timeout 900
+	$(BIN)/python -m pytest -q --timeout 900
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not realdata and not distributed" --timeout 300

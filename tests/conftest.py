@@ -34,7 +34,7 @@ def tiny():
 def shared_data() -> Path:
     """../shared/data, or skip the test when it is not there."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is missing (it sits beside the project in CI and dev machines)")
+        pytest.skip(f"real data folder {SHARED_DATA} is missing; these tests need the shared datasets beside the project root")
     return SHARED_DATA
 
 
