@@ -88,11 +88,10 @@ class TunelabTrainer(Trainer):
             mask = inputs.get("attention_mask")
             self.real_tokens_seen += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
         labels = inputs.pop("labels")
-        # Hidden states come out of the (possibly DDP-wrapped) forward; the head runs only on
-        # labelled positions. With answers a fraction of each sequence this saves most of
-        # the largest matmul (hidden x vocabulary) and its backward.
-        # logits_to_keep as an index tensor, not the int 1: the int's slice leaves a
-        # non-contiguous (batch, 1, hidden) view whose head matmul copies the whole head weight.
+        # The (possibly DDP-wrapped) forward returns hidden states; the vocabulary head then
+        # runs only at labelled positions, saving most of the largest matmul and its backward.
+        # The forward's own head sees one position, given as an index tensor: the int form
+        # leaves a non-contiguous (batch, 1, hidden) view whose matmul copies the head weight.
         first = torch.zeros(1, dtype=torch.long, device=inputs["input_ids"].device)
         out = model(**inputs, output_hidden_states=True, logits_to_keep=first, use_cache=False)
         hidden = out.hidden_states[-1][:, :-1]  # (batch, seq-1, hidden): position t predicts token t+1
