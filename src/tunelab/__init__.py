@@ -19,5 +19,14 @@ def train(config: str | RunConfig | None = None, overrides: list[str] | None = N
     return run(cfg)
 
 
-__all__ = ["RunConfig", "load_config", "TunelabError", "DecodingConfig", "generate", "load_model", "load_run",
-           "train", "__version__"]
+__all__ = [
+    "DecodingConfig",
+    "RunConfig",
+    "TunelabError",
+    "__version__",
+    "generate",
+    "load_config",
+    "load_model",
+    "load_run",
+    "train",
+]

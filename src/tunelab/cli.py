@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from tunelab.errors import TunelabError
+from tunelab.errors import ConfigError, TunelabError
 
 
 def _decoding(args):
@@ -23,12 +23,23 @@ def _decoding(args):
 
 def _load(args):
     """Model for inference, in bfloat16 where the hardware computes it natively."""
-    from tunelab.models import load_model, load_run
+    from tunelab.models import load_adapters, load_model, load_run
     from tunelab.training.precision import compute_dtype
 
     dtype = compute_dtype("auto")
+    named = dict(a.split("=", 1) for a in args.adapter or [] if "=" in a)
+    if named:  # several adapters on one base: NAME=RUN pairs, --use picks one
+        if len(named) != len(args.adapter):
+            raise ConfigError("--adapter: with several adapters give each as NAME=RUN_FOLDER")
+        model, tokenizer = load_adapters(named, base=args.model, dtype=dtype)
+        if args.use and args.use not in named:
+            raise ConfigError(f"--use {args.use}: no adapter of that name; loaded: {', '.join(named)}")
+        model.set_adapter(args.use or next(iter(named)))
+        return model, tokenizer
     if args.adapter:
-        return load_run(args.adapter, base=args.model, dtype=dtype)
+        if len(args.adapter) > 1:
+            raise ConfigError("--adapter: to load several adapters name them, e.g. --adapter a=runs/x --adapter b=runs/y")
+        return load_run(args.adapter[0], base=args.model, dtype=dtype)
     return load_model(args.model or "smollm2-135m-instruct", dtype=dtype)
 
 
@@ -114,7 +125,9 @@ def _decoding_flags(p: argparse.ArgumentParser) -> None:
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="alias, folder, .gguf or Hub id (default smollm2-135m-instruct)")
-    p.add_argument("--adapter", default=None, help="a run folder (runs/NAME) whose adapter or model to use")
+    p.add_argument("--adapter", action="append", help="a run folder (runs/NAME) whose adapter or model to use; "
+                   "repeat as NAME=RUN to load several adapters on one base")
+    p.add_argument("--use", default=None, help="with several named adapters: the one to generate with")
 
 
 def build_parser() -> argparse.ArgumentParser:

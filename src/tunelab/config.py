@@ -59,6 +59,9 @@ class DataConfig:
     max_record_bytes: int = 10_000_000  # longer lines are bad records (guards against runaway files)
     limit: int | None = None  # use only the first N records (quick experiments)
     columns: dict[str, str] = field(default_factory=dict)  # rename fields, e.g. {question: prompt, answer: completion}
+    # classification records (text, label):
+    label_names: dict[str, str] = field(default_factory=dict)  # label value -> name, e.g. {0: negative, 1: positive}
+    prompt_template: str = "{text}"  # generative classification (sft): the question built from a record's text
 
 
 @dataclass
@@ -163,7 +166,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
+        return {str(k): v for k, v in value.items()} if typing.get_args(tp)[:1] == (str,) else dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is bool and not isinstance(value, bool):

@@ -5,5 +5,16 @@ from tunelab.data.formats import detect_format, normalise
 from tunelab.data.readers import Record, read_records
 from tunelab.data.tokenize import Collator, pack, tokenize_messages
 
-__all__ = ["SFTData", "build_sft", "describe", "load_records", "detect_format", "normalise", "Record",
-           "read_records", "Collator", "pack", "tokenize_messages"]
+__all__ = [
+           "Collator",
+           "Record",
+           "SFTData",
+           "build_sft",
+           "describe",
+           "detect_format",
+           "load_records",
+           "normalise",
+           "pack",
+           "read_records",
+           "tokenize_messages",
+]

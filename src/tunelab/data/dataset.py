@@ -10,8 +10,14 @@ from typing import Any
 from tunelab.config import DataConfig
 from tunelab.data.formats import detect_format, normalise
 from tunelab.data.readers import BadRecord, Record, read_records
-from tunelab.data.tokenize import IGNORE, pack, tokenize_messages, tokenize_text
 from tunelab.data.templates import answer_end_ids, ensure_chat_template
+from tunelab.data.tokenize import (
+    IGNORE,
+    pack,
+    tokenize_messages,
+    tokenize_seq2seq,
+    tokenize_text,
+)
 from tunelab.errors import DataError
 
 
@@ -60,16 +66,37 @@ class SFTData:
     bad: list[str]
 
 
-def build_sft(cfg: DataConfig, tokenizer, seed: int = 42) -> SFTData:
-    """Read, split and tokenize supervised data (instruction, chat, prompt-completion, text, classification)."""
+def build_sft(cfg: DataConfig, tokenizer, seed: int = 42, seq2seq: bool = False) -> SFTData:
+    """Read, split and tokenize supervised data (instruction, chat, prompt-completion, text, classification).
+
+    With `seq2seq` (encoder-decoder models) each example is a source/target pair instead
+    of one sequence with the answer labelled.
+    """
     if not cfg.train:
         raise DataError("data.train: no training file given; set data.train to a .jsonl/.json/.csv/.parquet file")
     ensure_chat_template(tokenizer)
     loaded = load_records(cfg.train, cfg)
     if loaded.format == "preference":
         raise DataError(f"{cfg.train}: preference pairs (prompt/chosen/rejected) train with objective dpo or rm, not sft")
-    records, validation = loaded.records, []
-    bad = list(loaded.bad)
+    if seq2seq and loaded.format == "text":
+        raise DataError(f"{cfg.train}: plain text has no input/output pairs for an encoder-decoder model; "
+                        "use instruction, prompt_completion or chat records")
+    records, validation, bad = split_records(loaded, cfg, seed)
+    end_ids = answer_end_ids(tokenizer)
+    train, train_stats = _tokenize_all(records, tokenizer, cfg, end_ids, seq2seq)
+    val, val_stats = _tokenize_all(validation, tokenizer, cfg, end_ids, seq2seq)
+    if not train:
+        raise DataError(f"{cfg.train}: no example keeps a learned token within data.max_length={cfg.max_length}")
+    stats = {"format": loaded.format, "train": train_stats, "validation": val_stats, "bad_records": len(bad)}
+    if cfg.packing and not seq2seq:
+        train = pack(train, cfg.max_length)
+        stats["train"]["packed_rows"] = len(train)
+    return SFTData(train, val, loaded.format, stats, bad)
+
+
+def split_records(loaded: LoadedRecords, cfg: DataConfig, seed: int) -> tuple[list[dict], list[dict], list[str]]:
+    """(train, validation, bad): the validation file if given, else a seeded `val_split` of train."""
+    records, validation, bad = loaded.records, [], list(loaded.bad)
     if cfg.validation:
         val = load_records(cfg.validation, cfg, loaded.format)
         validation, bad = val.records, bad + val.bad
@@ -79,23 +106,17 @@ def build_sft(cfg: DataConfig, tokenizer, seed: int = 42) -> SFTData:
         n_val = max(1, int(round(len(records) * cfg.val_split)))
         validation = [records[i] for i in order[:n_val]]
         records = [records[i] for i in order[n_val:]]
-    end_ids = answer_end_ids(tokenizer)
-    train, train_stats = _tokenize_all(records, tokenizer, cfg, end_ids)
-    val, val_stats = _tokenize_all(validation, tokenizer, cfg, end_ids)
-    if not train:
-        raise DataError(f"{cfg.train}: no example keeps a learned token within data.max_length={cfg.max_length}")
-    stats = {"format": loaded.format, "train": train_stats, "validation": val_stats, "bad_records": len(bad)}
-    if cfg.packing:
-        train = pack(train, cfg.max_length)
-        stats["train"]["packed_rows"] = len(train)
-    return SFTData(train, val, loaded.format, stats, bad)
+    return records, validation, bad
 
 
-def _tokenize_all(records: list[dict], tokenizer, cfg: DataConfig, end_ids: list[int]) -> tuple[list[dict], dict]:
+def _tokenize_all(records: list[dict], tokenizer, cfg: DataConfig, end_ids: list[int],
+                  seq2seq: bool = False) -> tuple[list[dict], dict]:
     examples, lengths, truncated, dropped = [], [], 0, 0
     for record in records:
-        record = add_system_prompt(_as_chat(record), cfg.system_prompt)
-        if "messages" in record:
+        record = add_system_prompt(as_chat(record, cfg), cfg.system_prompt)
+        if seq2seq:
+            tok = tokenize_seq2seq([m for m in record["messages"] if m["role"] != "system"], tokenizer, cfg.max_length)
+        elif "messages" in record:
             tok = tokenize_messages(record["messages"], tokenizer, cfg.max_length, cfg.train_on, end_ids)
         else:
             tok = tokenize_text(record["text"], tokenizer, cfg.max_length)
@@ -108,12 +129,17 @@ def _tokenize_all(records: list[dict], tokenizer, cfg: DataConfig, end_ids: list
     return examples, length_stats(lengths, truncated, dropped, examples)
 
 
-def _as_chat(record: dict) -> dict:
-    """Generative classification: the text is the question, the label word the answer."""
+def as_chat(record: dict, cfg: DataConfig) -> dict:
+    """Generative classification: the text (through data.prompt_template) is the question,
+    the label's name (data.label_names, else the label itself) the answer."""
     if "label" in record:
-        return {"messages": [{"role": "user", "content": record["text"]},
-                             {"role": "assistant", "content": str(record["label"])}]}
+        return {"messages": [{"role": "user", "content": cfg.prompt_template.format(text=record["text"])},
+                             {"role": "assistant", "content": label_name(record["label"], cfg)}]}
     return record
+
+
+def label_name(label: Any, cfg: DataConfig) -> str:
+    return cfg.label_names.get(str(label), str(label))
 
 
 def length_stats(lengths: list[int], truncated: int, dropped: int, examples: list[dict]) -> dict:
@@ -121,7 +147,7 @@ def length_stats(lengths: list[int], truncated: int, dropped: int, examples: lis
     if not lengths:
         return {"examples": 0, "truncated": truncated, "dropped": dropped}
     s = sorted(lengths)
-    pct = lambda q: s[min(len(s) - 1, int(q * len(s)))]  # noqa: E731
+    pct = lambda q: s[min(len(s) - 1, int(q * len(s)))]
     return {
         "examples": len(s), "tokens": sum(s),
         "learned_tokens": sum(sum(t != IGNORE for t in e["labels"]) for e in examples),
@@ -142,4 +168,4 @@ def describe(stats: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Record", "build_sft", "load_records", "describe", "SFTData"]
+__all__ = ["Record", "SFTData", "build_sft", "describe", "load_records"]

@@ -87,6 +87,19 @@ def tokenize_text(text: str, tokenizer, max_length: int) -> Tokenized:
     return Tokenized(ids[:max_length], ids[:max_length], len(ids) > max_length)
 
 
+def tokenize_seq2seq(messages: list[dict], tokenizer, max_length: int) -> Tokenized:
+    """Encoder-decoder pair: the conversation up to the last answer is the source (plain
+    text, one turn per line), the last answer the target; the tokenizer adds its own
+    end token (T5's </s>). Both sides are cut at `max_length`."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    source = "\n".join(m["content"] for m in messages[:last])
+    src = tokenizer(source, add_special_tokens=True).input_ids
+    tgt = tokenizer(messages[last]["content"], add_special_tokens=True).input_ids
+    if tokenizer.eos_token_id is not None and tgt[-1:] != [tokenizer.eos_token_id]:
+        tgt.append(tokenizer.eos_token_id)  # the model must learn to stop
+    return Tokenized(src[:max_length], tgt[:max_length], len(src) > max_length or len(tgt) > max_length)
+
+
 # ---------------------------------------------------------------- packing and batching
 
 
@@ -127,7 +140,11 @@ def pack(examples: list[dict], max_length: int) -> list[dict]:
 
 
 class Collator:
-    """Pad a batch on the right; packed rows get position ids and no attention mask."""
+    """Pad a batch on the right; packed rows get position ids and no attention mask.
+
+    Labels follow the example: one per token (causal LM), a target sequence of its own
+    length (seq2seq), or one class id per example (classification).
+    """
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
@@ -135,18 +152,26 @@ class Collator:
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(x["input_ids"]) for x in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
         packed = "position_ids" in batch[0]
         extra = torch.zeros((len(batch), width), dtype=torch.long)
         for row, x in enumerate(batch):
             n = len(x["input_ids"])
             ids[row, :n] = torch.tensor(x["input_ids"])
-            labels[row, :n] = torch.tensor(x["labels"])
             if packed:
                 extra[row, :n] = torch.tensor(x["position_ids"])
                 extra[row, n:] = torch.arange(width - n)  # padding forms its own (ignored) sequence
             else:
                 extra[row, :n] = 1
-        out = {"input_ids": ids, "labels": labels}
+        out = {"input_ids": ids, "labels": _labels([x["labels"] for x in batch])}
         out["position_ids" if packed else "attention_mask"] = extra
         return out
+
+
+def _labels(labels: list) -> torch.Tensor:
+    if isinstance(labels[0], int):  # classification: (batch,)
+        return torch.tensor(labels, dtype=torch.long)
+    # (batch, longest labels): causal-LM labels are as long as their inputs, seq2seq targets their own length
+    out = torch.full((len(labels), max(len(y) for y in labels)), IGNORE, dtype=torch.long)
+    for row, y in enumerate(labels):
+        out[row, :len(y)] = torch.tensor(y)
+    return out

@@ -105,5 +105,4 @@ def make_examples(n: int, seed: int) -> list[dict]:
 
 def write_jsonl(examples: list[dict], path) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        for ex in examples:
-            f.write(json.dumps({"messages": ex["messages"]}) + "\n")
+        f.writelines(json.dumps({"messages": ex["messages"]}) + "\n" for ex in examples)

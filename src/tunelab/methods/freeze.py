@@ -1,7 +1,10 @@
 """Partial fine-tuning: train only the last N transformer blocks and/or the output head.
 
 With tied input/output embeddings (SmolLM2, many small models) training the head also
-trains the input embeddings: they are one tensor.
+trains the input embeddings: they are one tensor. A classification model's new head
+always trains.
+
+Trainable parameters: the parameters of the last N blocks + the head (+ the final norm).
 """
 
 from dataclasses import dataclass
@@ -10,6 +13,7 @@ from torch import nn
 
 from tunelab.errors import ConfigError
 from tunelab.methods import register
+from tunelab.models.families import classifier_head, transformer_blocks
 
 
 @dataclass
@@ -20,15 +24,6 @@ class Config:
     train_final_norm: bool = True
 
 
-def transformer_blocks(model) -> nn.ModuleList:
-    """The model's list of transformer blocks (the ModuleList as long as num_hidden_layers)."""
-    n = getattr(model.config, "num_hidden_layers", None)
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return module
-    raise ConfigError(f"method freeze: cannot find the {n} transformer blocks of {type(model).__name__}")
-
-
 def apply(model, cfg: Config):
     """Freeze everything, then unfreeze the last `last_n_layers` blocks, final norm and head."""
     blocks = transformer_blocks(model)
@@ -37,11 +32,14 @@ def apply(model, cfg: Config):
     model.requires_grad_(False)
     for block in list(blocks)[len(blocks) - cfg.last_n_layers :]:
         block.requires_grad_(True)
-    if cfg.train_head and model.get_output_embeddings() is not None:
+    head = classifier_head(model)
+    if head is not None:
+        head.requires_grad_(True)  # a new classification head always trains
+    elif cfg.train_head and model.get_output_embeddings() is not None:
         model.get_output_embeddings().requires_grad_(True)
     if cfg.train_final_norm:
-        norm = getattr(model.get_decoder(), "norm", None)
-        if norm is not None:
+        norm = getattr(model.get_decoder(), "norm", None) if hasattr(model, "get_decoder") else None
+        if isinstance(norm, nn.Module):
             norm.requires_grad_(True)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("method freeze: nothing left to train; raise last_n_layers or set train_head: true")

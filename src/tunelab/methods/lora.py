@@ -1,10 +1,35 @@
-"""LoRA: low-rank adapters beside frozen weights (Hu et al. 2021, arXiv:2106.09685), through peft."""
+"""LoRA and its variants, through peft.
 
+* LoRA: low-rank adapters beside frozen weights, W + (alpha/r) B A (Hu et al. 2021, arXiv:2106.09685).
+* DoRA (`dora: true`): the weight split into magnitude and direction; LoRA adapts the
+  direction, a trained vector the magnitude (Liu et al. 2024, arXiv:2402.09353).
+* rsLoRA (`rslora: true`): scale alpha/sqrt(r) instead of alpha/r, so higher ranks keep
+  learning (Kalajdzievski 2023, arXiv:2312.03732).
+* PiSSA (`init: pissa`): A and B start as the top-r singular vectors of W and the base
+  keeps the residual (Meng et al. 2024, arXiv:2404.02948). `pissa_niter_K` uses a fast
+  randomised SVD. Saved as a plain LoRA of rank 2r on the original base, so the result
+  loads anywhere LoRA does.
+* LoRA+ (`lora_plus_ratio: 16`): B learns `ratio` times faster than A (Hayou et al. 2024,
+  arXiv:2402.12354).
+
+Trainable parameters: sum over adapted Linear(in, out) of r * (in + out), plus `out` per
+layer with DoRA; the task head too for classification (peft keeps it trainable).
+"""
+
+from __future__ import annotations
+
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from peft import LoraConfig, get_peft_model
 
+from tunelab.errors import ConfigError
 from tunelab.methods import register
+from tunelab.models.families import peft_task_type
+
+INITS = ("default", "gaussian", "pissa", "olora")
+PISSA_INIT_DIR = "_tunelab_pissa_init"  # attribute holding the folder of the adapter as initialised
 
 
 @dataclass
@@ -16,10 +41,24 @@ class Config:
     target_modules: list[str] | str = "all-linear"  # "all-linear" or module names such as [q_proj, v_proj]
     bias: str = "none"
     modules_to_save: list[str] = field(default_factory=list)  # extra modules trained in full (e.g. a head)
+    dora: bool = False
+    rslora: bool = False
+    init: str = "default"  # default | gaussian | pissa | pissa_niter_<K> | olora
+    lora_plus_ratio: float = 0.0  # > 0: LoRA+ learning rate of B = ratio x lr (16 in the paper)
+
+
+def check(cfg: Config) -> None:
+    if cfg.r < 1:
+        raise ConfigError(f"method.r: must be at least 1, got {cfg.r}")
+    if cfg.init not in INITS and not cfg.init.startswith("pissa_niter_"):
+        raise ConfigError(f"method.init: expected one of {', '.join(INITS)} or pissa_niter_<K>, got {cfg.init!r}")
+    if cfg.lora_plus_ratio < 0:
+        raise ConfigError(f"method.lora_plus_ratio: must be 0 (off) or positive, got {cfg.lora_plus_ratio}")
 
 
 def peft_config(cfg: Config, task_type: str = "CAUSAL_LM") -> LoraConfig:
     """The peft LoraConfig this method's options describe."""
+    check(cfg)
     return LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
@@ -28,12 +67,54 @@ def peft_config(cfg: Config, task_type: str = "CAUSAL_LM") -> LoraConfig:
         bias=cfg.bias,
         modules_to_save=cfg.modules_to_save or None,
         task_type=task_type,
+        use_dora=cfg.dora,
+        use_rslora=cfg.rslora,
+        init_lora_weights=True if cfg.init == "default" else cfg.init,
     )
 
 
 def apply(model, cfg: Config):
-    """Wrap `model` in a PeftModel with LoRA adapters; only the adapters train."""
-    return get_peft_model(model, peft_config(cfg))
+    """Wrap `model` in a PeftModel with LoRA adapters; only the adapters (and a task head) train."""
+    model = get_peft_model(model, peft_config(cfg, peft_task_type(model)))
+    if is_svd_init(cfg):
+        remember_initial_adapter(model)
+    return model
 
 
-register("lora", Config, apply)
+def is_svd_init(cfg: Config) -> bool:
+    return cfg.init.startswith("pissa") or cfg.init == "olora"
+
+
+def remember_initial_adapter(model) -> None:
+    """Save the adapter as initialised: PiSSA/OLoRA changed the base weights, and the saved
+    adapter is converted against this initial state so it applies to the original base."""
+    folder = Path(tempfile.mkdtemp(prefix="tunelab-pissa-init-"))
+    config = model.peft_config["default"]
+    init = config.init_lora_weights
+    config.init_lora_weights = True  # reloading the initial adapter must not run the SVD again
+    model.save_pretrained(str(folder), safe_serialization=True)
+    config.init_lora_weights = init
+    setattr(model, PISSA_INIT_DIR, folder)
+
+
+def save(model, folder: Path) -> None:
+    """Save the adapter; a PiSSA/OLoRA adapter is converted to plain LoRA on the original base."""
+    init_dir = getattr(model, PISSA_INIT_DIR, None)
+    if init_dir is None:
+        model.save_pretrained(str(folder), safe_serialization=True)
+        return
+    model.save_pretrained(str(folder), safe_serialization=True, path_initial_model_for_weight_conversion=str(init_dir))
+
+
+def make_optimizer(model, cfg: Config, optimizer_cls, optimizer_kwargs: dict):
+    """LoRA+: an optimizer with B's learning rate `lora_plus_ratio` times A's; None otherwise."""
+    if not cfg.lora_plus_ratio:
+        return None
+    from peft.optimizers import create_loraplus_optimizer
+
+    kwargs = dict(optimizer_kwargs)
+    lr = kwargs.pop("lr")
+    return create_loraplus_optimizer(model, optimizer_cls, lr=lr, loraplus_lr_ratio=cfg.lora_plus_ratio, **kwargs)
+
+
+register("lora", Config, apply, mergeable=True, save=save, optimizer=make_optimizer)

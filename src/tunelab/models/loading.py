@@ -79,27 +79,104 @@ def load_model(
     return model, tokenizer
 
 
+MARKERS = {"adapter_config.json": None, "bottleneck_config.json": "adapter", "head_config.json": "head",
+           "probe_config.json": "probe"}  # file a saved result holds -> the method that wrote it (None: peft)
+
+
 def load_run(run_or_folder: str | Path, base: ModelConfig | str | None = None, dtype: torch.dtype = torch.float32):
     """Load the model a run produced: its adapter on the base, or its full model folder.
 
     `run_or_folder` is a run folder (runs/<name>) or an adapter/model folder inside one.
-    The base defaults to the one recorded in the adapter's config.
+    The base defaults to the one recorded with the adapter. A classifier comes back with
+    its head and labels (AutoModelForSequenceClassification).
     """
-    path = Path(run_or_folder)
-    folder = path / "adapter" if (path / "adapter").is_dir() else path / "model" if (path / "model").is_dir() else path
-    if (folder / "adapter_config.json").is_file():
-        from peft import PeftModel
+    from tunelab.methods import METHODS, load_adapter
+    from tunelab.models.families import auto_class
 
-        recorded = json.loads((folder / "adapter_config.json").read_text())
-        base_cfg = base or ModelConfig(name=_recorded_base(folder, recorded))
-        model, tokenizer = load_model(base_cfg, dtype=dtype)
-        model = PeftModel.from_pretrained(model, str(folder))
-        if (folder / "tokenizer_config.json").is_file():
-            tokenizer = load_tokenizer(folder)
-        return model, tokenizer
-    if (folder / "config.json").is_file():
-        return load_model(ModelConfig(name=str(folder)), dtype=dtype)
-    raise ModelError(f"{path}: no adapter/ or model/ found; is this a finished run folder?")
+    folder = result_folder(run_or_folder)
+    labels = _labels(folder)
+    marker = next((m for m in MARKERS if (folder / m).is_file()), None)
+    if marker is None:
+        if (folder / "config.json").is_file():
+            return load_model(ModelConfig(name=str(folder)), dtype=dtype, auto_class=_auto_for_saved(folder))
+        raise ModelError(f"{run_or_folder}: no adapter/ or model/ found; is this a finished run folder?")
+    if marker == "probe_config.json":
+        return METHODS["probe"].load(None, folder), None
+    base_cfg = base or ModelConfig(name=_recorded_base(folder, _json(folder / marker)))
+    base_cfg = ModelConfig(name=base_cfg) if isinstance(base_cfg, str) else base_cfg
+    task = "classify" if labels else _base_task(base_cfg)
+    kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels))} if labels else {}
+    model, tokenizer = load_model(base_cfg, dtype=dtype, auto_class=auto_class(task), **kwargs)
+    if labels and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    method = METHODS["lora" if MARKERS[marker] is None else MARKERS[marker]]  # every peft adapter loads alike
+    model = load_adapter(method, model, folder)
+    if (folder / "tokenizer_config.json").is_file():
+        tokenizer = load_tokenizer(folder)
+    return model, tokenizer
+
+
+def load_adapters(adapters: dict[str, str | Path], base: ModelConfig | str | None = None,
+                  dtype: torch.dtype = torch.float32):
+    """Several saved peft adapters (LoRA, IA3, ...) on one base model, each under its name.
+
+    Returns (model, tokenizer): `model.set_adapter(name)` switches, `with
+    model.disable_adapter():` turns them all off. The first adapter is active.
+    Raises ModelError if an adapter is not a peft adapter or was trained on another base.
+    """
+    from peft import PeftModel
+
+    if not adapters:
+        raise ModelError("no adapters given; pass name=run_folder pairs")
+    folders = {name: result_folder(path) for name, path in adapters.items()}
+    for name, folder in folders.items():
+        if not (folder / "adapter_config.json").is_file():
+            raise ModelError(f"adapter {name} ({folder}): not a peft adapter (LoRA, IA3, prompt methods); only those "
+                             "stack on one base")
+    first, *rest = folders.items()
+    base_cfg = base or ModelConfig(name=_recorded_base(first[1], _json(first[1] / "adapter_config.json")))
+    model, tokenizer = load_model(base_cfg, dtype=dtype)
+    model = PeftModel.from_pretrained(model, str(first[1]), adapter_name=first[0])
+    for name, folder in rest:
+        model.load_adapter(str(folder), adapter_name=name)
+    model.set_adapter(first[0])
+    return model, tokenizer
+
+
+def result_folder(run_or_folder: str | Path) -> Path:
+    """runs/<name> -> its adapter/ or model/ folder; any other folder as given."""
+    path = Path(run_or_folder)
+    return path / "adapter" if (path / "adapter").is_dir() else path / "model" if (path / "model").is_dir() else path
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _labels(folder: Path) -> list | None:
+    path = folder / "labels.json"
+    return _json(path)["names"] if path.is_file() else None
+
+
+def _base_task(base: ModelConfig) -> str:
+    from transformers import AutoConfig
+
+    from tunelab.models.families import family
+
+    config = AutoConfig.from_pretrained(str(hub.resolve(base.name, base.revision)))
+    return "seq2seq" if family(config) == "encoder-decoder" else "causal_lm"
+
+
+def _auto_for_saved(folder: Path):
+    """The Auto class for a saved full model, from the architecture it records."""
+    from tunelab.models.families import auto_class
+
+    archs = " ".join(_json(folder / "config.json").get("architectures") or [])
+    if "ForSequenceClassification" in archs:
+        return auto_class("classify")
+    if "ForConditionalGeneration" in archs or "Seq2Seq" in archs:
+        return auto_class("seq2seq")
+    return auto_class("causal_lm")
 
 
 def _recorded_base(folder: Path, adapter_config: dict) -> str:

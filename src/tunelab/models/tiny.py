@@ -1,7 +1,7 @@
 """Tiny random models built in code, for tests that must run in seconds offline.
 
-Same architecture families as the real ones (Llama-style decoder by default), a few
-layers, and either a 260-token byte-level tokenizer with a ChatML template or the real
+Same architecture families as the real ones (Llama-style decoder by default; BERT
+encoder; T5 encoder-decoder), a few layers, and either a 260-token byte-level tokenizer with a ChatML template or the real
 tokenizer of a given folder.
 """
 
@@ -64,10 +64,37 @@ def tiny_llama(tokenizer=None, layers: int = 2, hidden: int = 64, seed: int = 0)
     return LlamaForCausalLM(config), tokenizer
 
 
-def save_tiny(folder: str | Path, **kwargs) -> Path:
-    """Write a tiny model + tokenizer as a local HF folder (safetensors) and return it."""
+def tiny_bert(tokenizer=None, layers: int = 2, hidden: int = 32, seed: int = 0):
+    """(model, tokenizer): a randomly initialised BERT-family encoder (masked-LM head)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    tokenizer = tokenizer or byte_tokenizer()
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=4, intermediate_size=hidden * 2, max_position_embeddings=512,
+                        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    return BertForMaskedLM(config), tokenizer
+
+
+def tiny_t5(tokenizer=None, layers: int = 2, hidden: int = 32, seed: int = 0):
+    """(model, tokenizer): a randomly initialised T5-family encoder-decoder."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = tokenizer or byte_tokenizer()
+    config = T5Config(vocab_size=len(tokenizer), d_model=hidden, d_ff=hidden * 2, d_kv=hidden // 4, num_layers=layers,
+                      num_decoder_layers=layers, num_heads=4, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    return T5ForConditionalGeneration(config), tokenizer
+
+
+BUILDERS = {"llama": tiny_llama, "bert": tiny_bert, "t5": tiny_t5}
+
+
+def save_tiny(folder: str | Path, family: str = "llama", **kwargs) -> Path:
+    """Write a tiny model (family llama, bert or t5) + tokenizer as a local HF folder and return it."""
     folder = Path(folder)
-    model, tokenizer = tiny_llama(**kwargs)
+    model, tokenizer = BUILDERS[family](**kwargs)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder

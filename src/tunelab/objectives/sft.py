@@ -1,7 +1,9 @@
 """Supervised fine-tuning / instruction tuning: next-token loss on the answers only.
 
-Data: instruction, chat, prompt-completion, text or classification (label words as
-answers) records; see tunelab.data.
+Data: instruction, chat, prompt-completion, text or classification (label names as
+answers: generative classification) records; see tunelab.data. Decoder models learn the
+answer after the prompt; encoder-decoder models (T5) map the prompt to the answer.
+Generative classifiers are also scored by accuracy and macro-F1 on the validation split.
 """
 
 from __future__ import annotations
@@ -12,10 +14,21 @@ from rich.console import Console
 
 from tunelab.config import RunConfig
 from tunelab.data import Collator, build_sft, describe
+from tunelab.data.dataset import label_name, load_records, split_records
+from tunelab.errors import ConfigError
+from tunelab.eval.classification import label_accuracy
+from tunelab.methods import METHODS
 from tunelab.objectives import register
-from tunelab.training import (RunLogger, RunRecord, TunelabTrainer, latest_checkpoint, load_for_training,
-                              parameter_counts, save_result, training_arguments)
-from tunelab.training.records import artifact_bytes, is_main_process
+from tunelab.training import (
+    RunRecord,
+    cost_summary,
+    load_for_training,
+    make_trainer,
+    save_result,
+    task_for,
+    train,
+)
+from tunelab.training.records import is_main_process
 
 
 @dataclass
@@ -27,34 +40,46 @@ def run(cfg: RunConfig) -> dict:
     """Train, save and summarise one SFT run; returns the summary written to summary.json."""
     main = is_main_process()
     console = Console(stderr=True, quiet=not main)
+    if cfg.data.packing and not METHODS[cfg.method_name].packing:
+        raise ConfigError(f"data.packing: method {cfg.method_name} prepends virtual tokens and cannot keep packed "
+                          "examples apart; set data.packing: false")
+    task = task_for(cfg)
     record = RunRecord.create(cfg, active=main)
 
-    model, tokenizer = load_for_training(cfg)
-    data = build_sft(cfg.data, tokenizer, seed=cfg.train.seed)
+    model, tokenizer = load_for_training(cfg, task)
+    data = build_sft(cfg.data, tokenizer, seed=cfg.train.seed, seq2seq=task == "seq2seq")
     console.print(describe(data.stats))
 
-    args = training_arguments(cfg.train, record.folder, has_eval=bool(data.validation))
-    trainer = TunelabTrainer(model=model, args=args, train_dataset=data.train,
-                             eval_dataset=data.validation or None, data_collator=Collator(tokenizer.pad_token_id),
-                             processing_class=tokenizer)
-    tokens = lambda: trainer.real_tokens_seen * trainer.accelerator.num_processes  # noqa: E731
-    trainer.add_callback(RunLogger(record, tokens, console))
-
-    resume = latest_checkpoint(record.folder) if cfg.train.resume else None
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    trainer = make_trainer(cfg, model, tokenizer, record, data.train, data.validation,
+                           Collator(tokenizer.pad_token_id), console)
+    result, resume = train(trainer, cfg, record)
     final = trainer.evaluate() if data.validation else {}
+    scores = label_scores(cfg, trainer, tokenizer) if data.format == "classification" and task == "causal_lm" else {}
+    if scores:
+        record.log({"step": trainer.state.global_step, **{f"eval_{k}": v for k, v in scores.items()}})
     saved = save_result(trainer, tokenizer, cfg, record.folder)
 
-    trained = trainer.tokens_trained()  # exact over processes; tokens() scales rank 0's count for progress only
     return record.finish({
-        "objective": "sft", "method": cfg.method_name, "model": cfg.model.name,
-        "steps": trainer.state.global_step, "train_loss": round(result.training_loss, 5),
-        "eval_loss": round(final["eval_loss"], 5) if "eval_loss" in final else None,
-        "tokens_trained": trained, "tokens_per_s": round(trained / max(result.metrics["train_runtime"], 1e-9), 1),
-        "train_runtime_s": round(result.metrics["train_runtime"], 2),
-        **parameter_counts(trainer.model), "artifact": saved.name, "artifact_bytes": artifact_bytes(saved),
+        "objective": "sft", "method": cfg.method_name, "model": cfg.model.name, "task": task,
+        **cost_summary(trainer, result, saved),
+        "eval_loss": round(final["eval_loss"], 5) if "eval_loss" in final else None, **scores,
         "skipped_records": len(data.bad), "data": data.stats, "resumed_from": resume.name if resume else None,
     })
+
+
+def label_scores(cfg: RunConfig, trainer, tokenizer) -> dict:
+    """Generative classification: accuracy and macro-F1 of ranking the label names on the
+    validation records (the same split build_sft held out)."""
+    records, validation, _ = split_records(load_records(cfg.data.train, cfg.data), cfg.data, cfg.train.seed)
+    if not validation:
+        return {}
+    names = sorted({label_name(r["label"], cfg.data) for r in records + validation})
+    questions = [cfg.data.prompt_template.format(text=r["text"]) for r in validation]
+    gold = [names.index(label_name(r["label"], cfg.data)) for r in validation]
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    with trainer.accelerator.autocast():
+        return label_accuracy(model, tokenizer, questions, gold, names, system=cfg.data.system_prompt,
+                              batch_size=cfg.train.batch_size)
 
 
 register("sft", Config, run)

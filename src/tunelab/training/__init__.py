@@ -3,8 +3,34 @@
 from tunelab.training.callbacks import RunLogger
 from tunelab.training.precision import bf16_supported, compute_dtype
 from tunelab.training.records import RunRecord
-from tunelab.training.setup import load_for_training, parameter_counts, save_result
-from tunelab.training.trainer import TunelabTrainer, latest_checkpoint, training_arguments
+from tunelab.training.setup import (
+                                    cost_summary,
+                                    load_for_training,
+                                    make_trainer,
+                                    parameter_counts,
+                                    save_result,
+                                    task_for,
+                                    train,
+)
+from tunelab.training.trainer import (
+                                    TunelabTrainer,
+                                    latest_checkpoint,
+                                    training_arguments,
+)
 
-__all__ = ["RunLogger", "bf16_supported", "compute_dtype", "RunRecord", "load_for_training", "parameter_counts",
-           "save_result", "TunelabTrainer", "latest_checkpoint", "training_arguments"]
+__all__ = [
+                                    "RunLogger",
+                                    "RunRecord",
+                                    "TunelabTrainer",
+                                    "bf16_supported",
+                                    "compute_dtype",
+                                    "cost_summary",
+                                    "latest_checkpoint",
+                                    "load_for_training",
+                                    "make_trainer",
+                                    "parameter_counts",
+                                    "save_result",
+                                    "task_for",
+                                    "train",
+                                    "training_arguments",
+]

@@ -29,7 +29,7 @@ class RunRecord:
         self.started = time.time()
 
     @classmethod
-    def create(cls, cfg: RunConfig, active: bool = True) -> "RunRecord":
+    def create(cls, cfg: RunConfig, active: bool = True) -> RunRecord:
         """Make (or reopen, on resume) runs/<name>/ and write config.yaml.
 
         Raises RunError rather than overwrite a finished run unless train.overwrite is set.

@@ -15,6 +15,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments
 
 from tunelab.config import TrainConfig
 from tunelab.data.tokenize import IGNORE
+from tunelab.models.families import task_of
 from tunelab.training.precision import compute_dtype
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -63,20 +64,31 @@ def training_arguments(cfg: TrainConfig, run_dir: Path, has_eval: bool, **extra)
 
 
 class TunelabTrainer(Trainer):
-    """Trainer with three changes:
+    """Trainer with four changes:
 
     * causal-LM loss computes the vocabulary projection only at positions that have a
-      label (answers), not at every prompt and padding position;
+      label (answers), not at every prompt and padding position (other heads, such as
+      classification and seq2seq, use the model's own loss);
     * counts real (non-padding) tokens, for tokens/s;
+    * a method may build its own optimizer (LoRA+ gives B its own learning rate);
     * checkpoints are written to a staging folder and renamed, then marked COMPLETE.
     """
 
-    loss_is_scaled_for_ga = True  # compute_loss divides by the token count of the whole accumulated batch
-
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, make_optimizer=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback)  # RunLogger reports instead
         self.real_tokens_seen = 0
+        self.make_optimizer = make_optimizer  # (model, optimizer_cls, kwargs) -> optimizer or None
+        self.lm_loss = task_of(self.accelerator.unwrap_model(self.model)) == "causal_lm"
+        # The LM loss divides by the token count of the whole accumulated batch; other heads'
+        # losses are batch means that the Trainer scales for accumulation itself.
+        self.loss_is_scaled_for_ga = True if self.lm_loss else None
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None and self.make_optimizer is not None:
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            self.optimizer = self.make_optimizer(self.model, cls, {"weight_decay": self.args.weight_decay, **kwargs})
+        return super().create_optimizer(model)
 
     def tokens_trained(self) -> int:
         """Real tokens trained on all processes together; every process must call it (a reduce)."""
@@ -87,6 +99,8 @@ class TunelabTrainer(Trainer):
         if model.training:  # evaluation batches pass through here too; they are not trained tokens
             mask = inputs.get("attention_mask")
             self.real_tokens_seen += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        if not self.lm_loss:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
         # The (possibly DDP-wrapped) forward returns hidden states; the vocabulary head then
         # runs only at labelled positions, saving most of the largest matmul and its backward.
@@ -94,7 +108,8 @@ class TunelabTrainer(Trainer):
         # leaves a non-contiguous (batch, 1, hidden) view whose matmul copies the head weight.
         first = torch.zeros(1, dtype=torch.long, device=inputs["input_ids"].device)
         out = model(**inputs, output_hidden_states=True, logits_to_keep=first, use_cache=False)
-        hidden = out.hidden_states[-1][:, :-1]  # (batch, seq-1, hidden): position t predicts token t+1
+        # Prompt methods prepend virtual tokens: keep the last `seq` positions, the real ones.
+        hidden = out.hidden_states[-1][:, -labels.shape[1]:-1]  # (batch, seq-1, hidden): position t predicts t+1
         targets = labels[:, 1:]
         keep = targets != IGNORE
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
@@ -110,6 +125,8 @@ class TunelabTrainer(Trainer):
         return (loss, out) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if not self.lm_loss:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, dict(inputs))
         return loss.detach(), None, None
