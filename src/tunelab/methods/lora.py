@@ -18,18 +18,22 @@ layer with DoRA; the task head too for classification (peft keeps it trainable).
 
 from __future__ import annotations
 
-import tempfile
+import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peft import LoraConfig, get_peft_model
+import torch
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+from safetensors.torch import load_file, save_file
 
 from tunelab.errors import ConfigError
 from tunelab.methods import register
 from tunelab.models.families import peft_task_type
 
 INITS = ("default", "gaussian", "pissa", "olora")
-PISSA_INIT_DIR = "_tunelab_pissa_init"  # attribute holding the folder of the adapter as initialised
+INITIAL_LORA = "_tunelab_initial_lora"  # attribute holding A and B as PiSSA/OLoRA initialised them
 
 
 @dataclass
@@ -86,24 +90,37 @@ def is_svd_init(cfg: Config) -> bool:
 
 
 def remember_initial_adapter(model) -> None:
-    """Save the adapter as initialised: PiSSA/OLoRA changed the base weights, and the saved
-    adapter is converted against this initial state so it applies to the original base."""
-    folder = Path(tempfile.mkdtemp(prefix="tunelab-pissa-init-"))
-    config = model.peft_config["default"]
-    init = config.init_lora_weights
-    config.init_lora_weights = True  # reloading the initial adapter must not run the SVD again
-    model.save_pretrained(str(folder), safe_serialization=True)
-    config.init_lora_weights = init
-    setattr(model, PISSA_INIT_DIR, folder)
+    """Keep A and B as initialised: PiSSA/OLoRA moved them out of the base weights, and the
+    saved adapter is expressed against the original base through them (see `save`)."""
+    if model.peft_config["default"].use_dora:
+        raise ConfigError("method.init: PiSSA/OLoRA cannot be combined with dora: true; choose one")
+    state = get_peft_model_state_dict(model)
+    setattr(model, INITIAL_LORA, {k: v.detach().clone() for k, v in state.items() if ".lora_" in k})
 
 
 def save(model, folder: Path) -> None:
-    """Save the adapter; a PiSSA/OLoRA adapter is converted to plain LoRA on the original base."""
-    init_dir = getattr(model, PISSA_INIT_DIR, None)
-    if init_dir is None:
-        model.save_pretrained(str(folder), safe_serialization=True)
+    """Save the adapter; a PiSSA/OLoRA adapter is saved as the plain LoRA it amounts to on
+    the original base: W_res + B A = W + [B | -B0] [A ; A0] (rank 2r, same scaling)."""
+    model.save_pretrained(str(folder), safe_serialization=True)
+    initial = getattr(model, INITIAL_LORA, None)
+    if initial is None:
         return
-    model.save_pretrained(str(folder), safe_serialization=True, path_initial_model_for_weight_conversion=str(init_dir))
+    weights = Path(folder) / "adapter_model.safetensors"
+    state = load_file(str(weights))
+    for key, init in initial.items():
+        if ".lora_A." in key:
+            state[key] = torch.cat([state[key], init.to(state[key].dtype)], dim=0)  # (2r, in)
+        elif ".lora_B." in key:
+            state[key] = torch.cat([state[key], -init.to(state[key].dtype)], dim=1)  # (out, 2r)
+    tmp = weights.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, weights)
+    config_path = Path(folder) / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    # scaling alpha/r (or alpha/sqrt(r) with rsLoRA) must not change when r doubles
+    config["lora_alpha"] = config["lora_alpha"] * (math.sqrt(2) if config.get("use_rslora") else 2)
+    config["r"], config["init_lora_weights"] = 2 * config["r"], True
+    config_path.write_text(json.dumps(config, indent=2))
 
 
 def make_optimizer(model, cfg: Config, optimizer_cls, optimizer_kwargs: dict):

@@ -42,8 +42,12 @@ def byte_tokenizer():
     return tok
 
 
-def tiny_llama(tokenizer=None, layers: int = 2, hidden: int = 64, seed: int = 0):
-    """(model, tokenizer): a randomly initialised Llama-style causal LM."""
+def tiny_llama(tokenizer=None, layers: int = 2, hidden: int = 64, seed: int = 0, init_std: float = 0.02):
+    """(model, tokenizer): a randomly initialised Llama-style causal LM.
+
+    A larger `init_std` gives the frozen head room to express confident predictions,
+    so methods that leave it frozen can still fit a sentence in a few steps.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tokenizer or byte_tokenizer()
@@ -59,6 +63,7 @@ def tiny_llama(tokenizer=None, layers: int = 2, hidden: int = 64, seed: int = 0)
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        initializer_range=init_std,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config), tokenizer
