@@ -6,7 +6,7 @@ The public API is small; everything else lives in its subpackage.
 from tunelab.config import RunConfig, load_config
 from tunelab.errors import TunelabError
 from tunelab.infer import DecodingConfig, generate
-from tunelab.models import load_model, load_run
+from tunelab.models import load_adapters, load_model, load_run
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "TunelabError",
     "__version__",
     "generate",
+    "load_adapters",
     "load_config",
     "load_model",
     "load_run",

@@ -29,5 +29,8 @@ def test_example_runs(path, tiny_model_dir, tmp_path, monkeypatch):
     cfg = load_config(path, [f"model.name={tiny_model_dir}", f"train.output_dir={tmp_path}", "train.max_steps=2"])
     assert Path(cfg.data.train).is_file(), f"{path.name}: data file {cfg.data.train} is missing"
     summary = train(cfg)
-    assert summary["steps"] == 2
+    if cfg.method_name == "probe":  # no gradient steps: a classifier fitted on embeddings
+        assert 0 <= summary["accuracy"] <= 1
+    else:
+        assert summary["steps"] == 2
     assert (tmp_path / cfg.train.run_name / summary["artifact"]).is_dir()
