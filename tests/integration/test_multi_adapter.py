@@ -90,10 +90,6 @@ def test_an_ia3_adapter_loads_alone(runs, alone, base_logits):
     check_switching(model, alone, base_logits, ["c"])
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="models/loading.py load_adapters promises LoRA, IA3, ... on one base, but loads them into "
-                          "one PeftModel, which refuses an adapter of another peft type (LORA, then IA3) with a bare "
-                          "ValueError: neither works nor raises a ModelError (the CLI shows a traceback)")
 def test_lora_and_ia3_adapters_on_one_base_work_or_are_refused_by_name(runs, alone, base_logits):
     try:
         model, _ = load_adapters({"a": runs["a"], "b": runs["b"], "c": runs["c"]})

@@ -85,8 +85,10 @@ def generate(model, tokenizer, prompts: list[str | list[dict]], cfg: DecodingCon
             enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             enc = enc.to(model.device)
             out = model.generate(**enc, **kwargs)
+            # a decoder's output repeats its prompt; an encoder-decoder's is the answer alone
+            start_of_answer = 0 if model.config.is_encoder_decoder else enc["input_ids"].shape[1]
             for row, i in enumerate(idx):
-                text = tokenizer.decode(out[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                text = tokenizer.decode(out[row, start_of_answer:], skip_special_tokens=True)
                 answers[i] = cut_at_stop(text, cfg.stop).strip() if cfg.stop else text.strip()
     finally:
         tokenizer.padding_side = old_side

@@ -210,6 +210,11 @@ class FeatureProbe:
         scores = pipeline.decision_function(X)
         return np.stack([-scores, scores], axis=1) if scores.ndim == 1 else scores
 
+    def trainable_params(self) -> int:
+        """Parameters the probe learned: the linear classifier's weights and biases."""
+        clf = self._fitted()[-1]
+        return int(np.size(clf.coef_) + np.size(getattr(clf, "intercept_", 0)))
+
     def _fitted(self):
         if self.pipeline is None:
             raise RunError("probe: not fitted yet; call fit(texts, labels) first")

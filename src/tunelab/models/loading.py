@@ -106,6 +106,12 @@ def load_run(run_or_folder: str | Path, base: ModelConfig | str | None = None, d
     base_cfg = ModelConfig(name=base_cfg) if isinstance(base_cfg, str) else base_cfg
     task = "classify" if labels else _base_task(base_cfg)
     kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels))} if labels else {}
+    if labels:
+        # Modules a classifier adds that the method neither trains nor saves (a BERT pooler
+        # missing from a checkpoint) are initialised at random: seed as training did.
+        from transformers import set_seed
+
+        set_seed(_recorded_seed(folder))
     model, tokenizer = load_model(base_cfg, dtype=dtype, auto_class=auto_class(task), **kwargs)
     if labels and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -118,7 +124,8 @@ def load_run(run_or_folder: str | Path, base: ModelConfig | str | None = None, d
 
 def load_adapters(adapters: dict[str, str | Path], base: ModelConfig | str | None = None,
                   dtype: torch.dtype = torch.float32):
-    """Several saved peft adapters (LoRA, IA3, ...) on one base model, each under its name.
+    """Several saved peft adapters of one kind (all LoRA, or all IA3, ...) on one base model,
+    each under its name.
 
     Returns (model, tokenizer): `model.set_adapter(name)` switches, `with
     model.disable_adapter():` turns them all off. The first adapter is active.
@@ -129,10 +136,17 @@ def load_adapters(adapters: dict[str, str | Path], base: ModelConfig | str | Non
     if not adapters:
         raise ModelError("no adapters given; pass name=run_folder pairs")
     folders = {name: result_folder(path) for name, path in adapters.items()}
+    kinds = {}
     for name, folder in folders.items():
         if not (folder / "adapter_config.json").is_file():
             raise ModelError(f"adapter {name} ({folder}): not a peft adapter (LoRA, IA3, prompt methods); only those "
                              "stack on one base")
+        kinds[name] = _json(folder / "adapter_config.json").get("peft_type")
+    if len(set(kinds.values())) > 1:
+        first_kind = next(iter(kinds.values()))
+        odd = next(n for n, k in kinds.items() if k != first_kind)
+        raise ModelError(f"adapter {odd} is {kinds[odd]} but {next(iter(kinds))} is {first_kind}: adapters switched "
+                         "on one base must be of one kind (all LoRA, or all IA3)")
     first, *rest = folders.items()
     base_cfg = base or ModelConfig(name=_recorded_base(first[1], _json(first[1] / "adapter_config.json")))
     model, tokenizer = load_model(base_cfg, dtype=dtype)
@@ -177,6 +191,15 @@ def _auto_for_saved(folder: Path):
     if "ForConditionalGeneration" in archs or "Seq2Seq" in archs:
         return auto_class("seq2seq")
     return auto_class("causal_lm")
+
+
+def _recorded_seed(folder: Path) -> int:
+    meta = folder.parent / "config.yaml"
+    if meta.is_file():
+        import yaml
+
+        return int(((yaml.safe_load(meta.read_text()) or {}).get("train") or {}).get("seed", 42))
+    return 42
 
 
 def _recorded_base(folder: Path, adapter_config: dict) -> str:

@@ -73,7 +73,8 @@ def _run_probe(cfg: RunConfig, record: RunRecord, console: Console) -> dict:
     from tunelab.methods.probe import FeatureProbe, fit_probe
 
     probe = FeatureProbe.from_config(cfg.model, cfg.method)
-    data = build_classification(cfg.data, probe.tokenizer, seed=cfg.train.seed)
+    tokenizer = probe.tokenizer or probe.encoder.tokenizer  # a sentence-transformers embedder keeps its own
+    data = build_classification(cfg.data, tokenizer, seed=cfg.train.seed)
     console.print(describe(data.stats) + f"\nlabels: {', '.join(data.names)}")
     train_labels = [data.labels[x["labels"]] for x in data.train]
     val_labels = [data.labels[x["labels"]] for x in data.validation]
