@@ -160,19 +160,19 @@ def crash_at(monkeypatch, step: int) -> None:
     """Make the next run die at the end of optimizer step `step` (before any save at that step)."""
     from transformers import TrainerCallback
 
-    from tunelab.objectives import sft
+    from tunelab.training import setup
 
     class Crash(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == step:
                 raise SimulatedCrash(f"killed at step {step}")
 
-    class CrashingTrainer(sft.TunelabTrainer):
+    class CrashingTrainer(setup.TunelabTrainer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.add_callback(Crash())
 
-    monkeypatch.setattr(sft, "TunelabTrainer", CrashingTrainer)
+    monkeypatch.setattr(setup, "TunelabTrainer", CrashingTrainer)  # make_trainer builds every objective's trainer
 
 
 def test_resume_matches_uninterrupted_run(workdir, tiny_model_dir, monkeypatch):
