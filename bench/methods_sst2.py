@@ -46,12 +46,12 @@ GENERATIVE = ["objective=sft", "data.prompt_template=Is the sentiment of this mo
 RUNS: dict[str, tuple[str, list[str], float]] = {
     "head": (SMOL, ["objective=classify", "method=head"], 5e-3),
     "freeze (last 2 blocks)": (SMOL, ["objective=classify", "method=freeze"], 1e-4),
-    "lora": (SMOL, ["objective=classify", "method=lora"], 5e-4),
-    "lora + dora": (SMOL, ["objective=classify", "method=lora", "method.dora=true"], 5e-4),
-    "lora + rslora": (SMOL, ["objective=classify", "method=lora", "method.rslora=true"], 2e-4),
+    "lora": (SMOL, ["objective=classify", "method=lora"], 1e-3),
+    "lora + dora": (SMOL, ["objective=classify", "method=lora", "method.dora=true"], 1e-3),
+    "lora + rslora": (SMOL, ["objective=classify", "method=lora", "method.rslora=true"], 5e-4),  # scale x4
     "lora + pissa": (SMOL, ["objective=classify", "method=lora", "method.init=pissa_niter_4"], 2e-4),
-    "lora+ (ratio 16)": (SMOL, ["objective=classify", "method=lora", "method.lora_plus_ratio=16"], 2e-4),
-    "qlora": (SMOL, ["objective=classify", "method=qlora"], 5e-4),
+    "lora+ (ratio 16)": (SMOL, ["objective=classify", "method=lora", "method.lora_plus_ratio=16"], 5e-4),
+    "qlora": (SMOL, ["objective=classify", "method=qlora"], 1e-3),
     "ia3": (SMOL, ["objective=classify", "method=ia3"], 5e-3),
     "adapter (houlsby)": (SMOL, ["objective=classify", "method=adapter"], 1e-3),
     "full": (SMOL, ["objective=classify", "method=full"], 3e-5),
@@ -64,6 +64,10 @@ RUNS: dict[str, tuple[str, list[str], float]] = {
     "MiniLM head": (MINILM, ["objective=classify", "method=head"], 5e-3),
     "MiniLM full": (MINILM, ["objective=classify", "method=full"], 5e-5),
 }
+
+
+# Run order: the headline row first, then the rest; the table prints in RUNS order.
+FIRST = ["lora", "probe (mean-pooled)", "probe (MiniLM embeddings)", "MiniLM head", "MiniLM full"]
 
 
 def subset(n: int, seed: int, folder: Path) -> Path:
@@ -124,7 +128,7 @@ def main() -> None:
               "|---|---:|---:|---:|---:|---:|---:|")
     print(header, flush=True)
     results, probe_seconds = {}, None
-    for name in names:
+    for name in sorted(names, key=lambda n: FIRST.index(n) if n in FIRST else len(FIRST)):
         model, sets, lr = RUNS[name]
         results[name] = run(name, model, sets, lr, train, out, args)
         if name.startswith("probe") and not results[name].get("failed"):
@@ -134,6 +138,9 @@ def main() -> None:
                 probe_seconds = again.get("process_s")
         print(row(name, results[name]), flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    print("\n" + header)
+    for name in names:
+        print(row(name, results[name]))
     lora = results.get("lora", {}).get("accuracy")
     print(f"\nlora_dev_acc={lora if lora is not None else 'nan'} "
           f"probe_seconds={probe_seconds if probe_seconds is not None else 'nan'} methods={len(results)}")

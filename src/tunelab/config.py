@@ -188,6 +188,20 @@ def to_dict(cfg: Any) -> Any:
 # ---------------------------------------------------------------- files and overrides
 
 
+def _scalar(raw: str) -> Any:
+    """A `--set` value as YAML (numbers, booleans, [lists], {mappings}); text that only
+    looks like a mapping ("Sentiment of: {text}") stays text."""
+    if not raw.strip():
+        return ""
+    try:
+        value = yaml.load(raw, Loader=_Loader)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
+        return raw
+    return value
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """`["train.lr=1e-4", "method.r=8"]` -> nested dict. Values are parsed as YAML scalars."""
     tree: dict = {}
@@ -195,7 +209,7 @@ def parse_overrides(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise ConfigError(f"--set {pair!r}: expected key=value, for example --set train.lr=1e-4")
         key, raw = pair.split("=", 1)
-        value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+        value = _scalar(raw)
         for part in reversed(key.strip().split(".")):
             value = {part: value}
         # merged like a file, so `method=freeze` then `method.last_n_layers=1` combine; later pairs win

@@ -180,3 +180,11 @@ def test_resolved_config_is_a_run_config():
     cfg = load_config()
     assert isinstance(cfg, RunConfig)
     assert load_config(None, base=to_dict(cfg)) == cfg  # a resolved dict resolves to the same config
+
+
+def test_set_text_that_looks_like_a_mapping_stays_text():
+    tree = parse_overrides(["data.prompt_template=Sentiment of: {text}", "data.label_names={0: negative, 1: pos}"])
+    assert tree["data"]["prompt_template"] == "Sentiment of: {text}"
+    assert tree["data"]["label_names"] == {0: "negative", 1: "pos"}
+    cfg = load_config(None, ["data.label_names={0: negative, 1: positive}"])
+    assert cfg.data.label_names == {"0": "negative", "1": "positive"}  # keys as the labels print
