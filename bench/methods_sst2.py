@@ -127,23 +127,27 @@ def main() -> None:
     header = ("| method | dev acc % | trainable params | wall s | train tokens/s | peak RSS MB | artifact bytes |\n"
               "|---|---:|---:|---:|---:|---:|---:|")
     print(header, flush=True)
-    results, probe_seconds = {}, None
+    saved = out / "results.json"  # rows of earlier runs into the same folder are kept (rerun one with --only)
+    results = json.loads(saved.read_text()) if saved.is_file() else {}
+    probe_seconds = results.get("probe (mean-pooled)", {}).get("cached_process_s")
     for name in sorted(names, key=lambda n: FIRST.index(n) if n in FIRST else len(FIRST)):
         model, sets, lr = RUNS[name]
         results[name] = run(name, model, sets, lr, train, out, args)
         if name.startswith("probe") and not results[name].get("failed"):
             again = run(name, model, sets, lr, train, out, args)  # embeddings cached now
             results[name]["cached_wall_s"] = again.get("wall_s")
+            results[name]["cached_process_s"] = again.get("process_s")
             if name == "probe (mean-pooled)":
                 probe_seconds = again.get("process_s")
         print(row(name, results[name]), flush=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+        saved.write_text(json.dumps(results, indent=2))
     print("\n" + header)
-    for name in names:
+    for name in (n for n in RUNS if n in results):
         print(row(name, results[name]))
     lora = results.get("lora", {}).get("accuracy")
+    done = sum(1 for r in results.values() if not r.get("failed"))
     print(f"\nlora_dev_acc={lora if lora is not None else 'nan'} "
-          f"probe_seconds={probe_seconds if probe_seconds is not None else 'nan'} methods={len(results)}")
+          f"probe_seconds={probe_seconds if probe_seconds is not None else 'nan'} methods={done}")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def load_for_training(cfg: RunConfig, task: str = "causal_lm", **model_kwargs):
     with _quiet_load_report(task == "classify"):  # a new head is "missing" from the checkpoint by design
         model, tokenizer = load_model(cfg.model, dtype=torch.float32, auto_class=auto_class(task), **extra,
                                       **model_kwargs)
-    ensure_chat_template(tokenizer)
+    if task != "classify":  # a classifier reads plain text; encoders have no chat template or EOS
+        ensure_chat_template(tokenizer)
     model.config.use_cache = False
     if task == "classify" and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # decoders find each row's last token through it
