@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.config import load_config
-from tunelab.eval.classification import rank_labels
+from tunelab.eval.classification import name_scores, rank_labels
 from tunelab.models import tiny_llama
 from tunelab.objectives import run
 
@@ -100,7 +100,8 @@ def brute_force_scores(model, tokenizer, questions, names, system=None) -> list[
         row = []
         for name in names:
             ids = tokenizer(name, add_special_tokens=False).input_ids
-            logp = F.log_softmax(model(input_ids=torch.tensor([prompt + ids])).logits[0].float(), dim=-1)
+            full = prompt + ids  # a prompt-tuned model returns its virtual tokens' logits first: keep the last len(full)
+            logp = F.log_softmax(model(input_ids=torch.tensor([full])).logits[0, -len(full):].float(), dim=-1)
             row.append(sum(logp[len(prompt) - 1 + k, t].item() for k, t in enumerate(ids)))
         scores.append(row)
     return scores
@@ -160,3 +161,16 @@ def test_rank_labels_uses_the_system_prompt(varied):
     system = "You label sentiment."
     expected = winners(brute_force_scores(model, tokenizer, QUESTIONS, NAMES, system=system))
     assert rank_labels(model, tokenizer, QUESTIONS, NAMES, batch_size=2, system=system) == expected
+
+
+def test_name_scores_skip_the_virtual_tokens_of_prompt_tuning(varied):
+    """Prompt tuning prepends virtual tokens to the logits too; scores must read the input's positions."""
+    import copy
+
+    from peft import PromptTuningConfig, get_peft_model
+
+    model, tokenizer, _, _ = varied
+    tuned = get_peft_model(copy.deepcopy(model), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5))
+    expected = torch.tensor(brute_force_scores(tuned, tokenizer, QUESTIONS, NAMES))
+    torch.testing.assert_close(name_scores(tuned, tokenizer, QUESTIONS, NAMES, batch_size=2), expected,
+                               rtol=1e-4, atol=1e-4)

@@ -30,14 +30,18 @@ def trainer_metrics(eval_prediction) -> dict[str, float]:
     return classification_metrics(np.argmax(logits, axis=-1), labels)
 
 
-@torch.no_grad()
 def rank_labels(model, tokenizer, questions: list[str], names: list[str], batch_size: int = 16,
                 system: str | None = None) -> list[int]:
-    """For each question (a user turn), the index of the name the model most likely answers.
+    """For each question (a user turn), the index of the name the model most likely answers."""
+    return name_scores(model, tokenizer, questions, names, batch_size, system).argmax(dim=1).tolist()
 
-    Scores sum the log-probabilities of the name's tokens after the chat template's
-    assistant prefix (names of different lengths compete fairly enough for short labels).
-    """
+
+@torch.no_grad()
+def name_scores(model, tokenizer, questions: list[str], names: list[str], batch_size: int = 16,
+                system: str | None = None) -> torch.Tensor:
+    """(questions, names) log-likelihoods: the sum of the log-probabilities of each name's
+    tokens after the chat template's assistant prefix (names of different lengths compete
+    fairly enough for short labels)."""
     model.eval()
     prefix = [_prompt(tokenizer, q, system) for q in questions]
     name_ids = [tokenizer(n, add_special_tokens=False).input_ids for n in names]
@@ -53,13 +57,14 @@ def rank_labels(model, tokenizer, questions: list[str], names: list[str], batch_
             for r, row in enumerate(rows):
                 batch[r, :len(row)] = torch.tensor(row)
                 mask[r, :len(row)] = 1
-            logits = model(input_ids=batch.to(device), attention_mask=mask.to(device)).logits.float()
+            logits = model(input_ids=batch.to(device), attention_mask=mask.to(device)).logits
+            logits = logits[:, -width:].float()  # prompt methods prepend virtual tokens: keep the input's positions
             logp = F.log_softmax(logits, dim=-1)  # (rows, width, vocab)
             for r, row in enumerate(rows):
                 n = len(row)
                 positions = torch.arange(n - len(ids) - 1, n - 1)  # the positions that predict the name's tokens
                 scores[start + r, j] = logp[r, positions, torch.tensor(ids)].sum().cpu()
-    return scores.argmax(dim=1).tolist()
+    return scores
 
 
 def _prompt(tokenizer, question: str, system: str | None) -> list[int]:
