@@ -45,7 +45,7 @@ GENERATIVE = ["objective=sft", "data.prompt_template=Is the sentiment of this mo
 # row name -> (model, objective/method settings, learning rate)
 RUNS: dict[str, tuple[str, list[str], float]] = {
     "head": (SMOL, ["objective=classify", "method=head"], 5e-3),
-    "freeze (last 2 blocks)": (SMOL, ["objective=classify", "method=freeze"], 1e-4),
+    "freeze (last 2 blocks)": (SMOL, ["objective=classify", "method=freeze"], 5e-4),
     "lora": (SMOL, ["objective=classify", "method=lora"], 1e-3),
     "lora + dora": (SMOL, ["objective=classify", "method=lora", "method.dora=true"], 1e-3),
     "lora + rslora": (SMOL, ["objective=classify", "method=lora", "method.rslora=true"], 5e-4),  # scale x4
@@ -57,11 +57,13 @@ RUNS: dict[str, tuple[str, list[str], float]] = {
     "full": (SMOL, ["objective=classify", "method=full"], 3e-5),
     "prompt (generative)": (SMOL, GENERATIVE + ["method=prompt",
                             "method.init_text=Classify the sentiment of the review as negative or positive."], 3e-2),
-    "prefix (generative)": (SMOL, GENERATIVE + ["method=prefix"], 1e-2),
+    # without the reparameterisation MLP, random prefixes (N(0, 1) keys/values) wreck the model:
+    # first loss 15.7, and the run ended at chance (50.8%); the paper trains through the MLP
+    "prefix (generative)": (SMOL, GENERATIVE + ["method=prefix", "method.projection=true"], 2e-3),
     "ptuning (generative)": (SMOL, GENERATIVE + ["method=ptuning"], 1e-2),
     "probe (mean-pooled)": (SMOL, ["objective=classify", "method=probe"], 0.0),
     "probe (MiniLM embeddings)": (SMOL, ["objective=classify", "method=probe", f"method.embedder={MINILM}"], 0.0),
-    "MiniLM head": (MINILM, ["objective=classify", "method=head"], 5e-3),
+    "MiniLM head": (MINILM, ["objective=classify", "method=head"], 5e-2),
     "MiniLM full": (MINILM, ["objective=classify", "method=full"], 5e-5),
 }
 
