@@ -28,11 +28,6 @@ ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deb
                  "mpnet", "modernbert", "camembert", "ernie"}
 
 
-def default_task(config) -> str:
-    """The task a model trains for unless the objective says otherwise."""
-    return {"encoder-decoder": "seq2seq", "encoder": "classify", "decoder": "causal_lm"}[family(config)]
-
-
 def auto_class(task: str):
     """The transformers Auto class that builds a model with `task`'s head."""
     import transformers
@@ -66,11 +61,6 @@ def classifier_head(model) -> nn.Module | None:
         if isinstance(head, nn.Module):
             return head
     return None
-
-
-def output_head(model) -> nn.Module | None:
-    """The module producing the model's outputs: the classification head or the LM head."""
-    return classifier_head(model) or model.get_output_embeddings()
 
 
 def transformer_blocks(model) -> nn.ModuleList:

@@ -79,14 +79,12 @@ def _quiet_load_report(quiet: bool):
         hf_logging.set_verbosity(before)
 
 
-def task_for(cfg: RunConfig, wanted: str | None = None) -> str:
-    """The task a run trains: `wanted` if given, else what the model's family does
-    (seq2seq for encoder-decoders, causal_lm for decoders); encoders only classify."""
+def task_for(cfg: RunConfig) -> str:
+    """The task a generative run trains: seq2seq for encoder-decoders, causal_lm for
+    decoders; encoders cannot generate and only classify."""
     config = AutoConfig.from_pretrained(str(resolve(cfg.model.name, cfg.model.revision)),
                                         trust_remote_code=cfg.model.trust_remote_code)
     fam = family(config)
-    if wanted == "classify":
-        return wanted
     if fam == "encoder":
         raise ConfigError(f"model {cfg.model.name} is an encoder-only ({config.model_type}) model: it cannot generate "
                           "text; train it with objective classify (methods head, freeze, lora, full, probe)")
