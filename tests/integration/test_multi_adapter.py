@@ -9,17 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.jsonl import write_jsonl
 from tunelab.config import load_config
 from tunelab.errors import ModelError
 from tunelab.models import load_adapters, load_run
 from tunelab.objectives import run
 
 IDS = torch.tensor([[1, 70, 71, 72, 73, 2], [1, 80, 81, 82, 83, 84]])
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,13 @@ method that supports seq2seq, reloading the run, and generating from it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import T5ForConditionalGeneration
 
+from tests.jsonl import read_jsonl, write_jsonl
 from tunelab.config import load_config
 from tunelab.data import Collator, build_sft
 from tunelab.data.tokenize import IGNORE
@@ -17,15 +17,6 @@ from tunelab.models import load_run, load_tokenizer, save_tiny
 from tunelab.objectives import run
 
 WORDS = ["cat", "dog", "sun", "red", "box", "cup", "pen", "map"]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
