@@ -22,6 +22,23 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
 
 
+@pytest.fixture(scope="session")
+def tiny_reward_model_dir(tmp_path_factory) -> Path:
+    """A one-output sequence classifier on a tiny model: any such folder serves as a reward model."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tunelab.models import save_tiny
+
+    base = save_tiny(tmp_path_factory.mktemp("rm-base") / "model")
+    folder = tmp_path_factory.mktemp("rm") / "model"
+    model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
 @pytest.fixture
 def tiny():
     """(model, tokenizer) built fresh in memory."""

@@ -76,8 +76,9 @@ def build_sft(cfg: DataConfig, tokenizer, seed: int = 42, seq2seq: bool = False)
         raise DataError("data.train: no training file given; set data.train to a .jsonl/.json/.csv/.parquet file")
     ensure_chat_template(tokenizer)
     loaded = load_records(cfg.train, cfg)
-    if loaded.format == "preference":
-        raise DataError(f"{cfg.train}: preference pairs (prompt/chosen/rejected) train with objective dpo or rm, not sft")
+    if loaded.format in ("preference", "unpaired"):
+        raise DataError(f"{cfg.train}: preference records ({loaded.format}) train with objective rm, dpo, kto, orpo "
+                        "or simpo, not sft")
     if seq2seq and loaded.format == "text":
         raise DataError(f"{cfg.train}: plain text has no input/output pairs for an encoder-decoder model; "
                         "use instruction, prompt_completion or chat records")

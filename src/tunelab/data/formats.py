@@ -7,6 +7,7 @@
 | prompt_completion | prompt, completion                              | messages                 |
 | text              | text                                            | text                     |
 | preference        | prompt, chosen, rejected                        | prompt, chosen, rejected |
+| unpaired          | prompt, completion, label (true/false)          | prompt, completion, label |
 | classification    | text, label                                     | text, label              |
 """
 
@@ -22,6 +23,7 @@ SIGNATURES: list[tuple[str, tuple[str, ...]]] = [
     ("chat", ("messages",)),
     ("chat", ("conversations",)),
     ("preference", ("chosen", "rejected")),
+    ("unpaired", ("prompt", "completion", "label")),
     ("instruction", ("instruction", "output")),
     ("prompt_completion", ("prompt", "completion")),
     ("classification", ("text", "label")),
@@ -107,6 +109,10 @@ def _preference(r: Record) -> dict:
     return {"prompt": _field(r, "prompt"), "chosen": _field(r, "chosen"), "rejected": _field(r, "rejected")}
 
 
+def _unpaired(r: Record) -> dict:
+    return {"prompt": _field(r, "prompt"), "completion": _field(r, "completion"), "label": _field(r, "label", bool)}
+
+
 def _classification(r: Record) -> dict:
     return {"text": _field(r, "text"), "label": _field(r, "label", (str, int))}
 
@@ -117,5 +123,6 @@ NORMALISERS = {
     "prompt_completion": _prompt_completion,
     "text": _text,
     "preference": _preference,
+    "unpaired": _unpaired,
     "classification": _classification,
 }

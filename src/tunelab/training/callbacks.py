@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from rich.console import Console
@@ -21,11 +22,13 @@ from tunelab.training.records import RunRecord
 class RunLogger(TrainerCallback):
     """Append each log to metrics.jsonl and show progress on the main process.
 
-    `tokens` returns the real (non-padding) tokens trained so far on all processes.
+    `tokens` returns the real (non-padding) tokens trained so far on all processes. With
+    `perplexity`, evaluation rows also carry exp(eval_loss) (language-model losses only).
     """
 
-    def __init__(self, record: RunRecord, tokens, console: Console | None = None):
+    def __init__(self, record: RunRecord, tokens, console: Console | None = None, perplexity: bool = False):
         self.record = record
+        self.perplexity = perplexity
         self.tokens = tokens
         self.console = console or Console(stderr=True)
         self.progress: Progress | None = None
@@ -64,6 +67,8 @@ class RunLogger(TrainerCallback):
             row["lr" if key == "learning_rate" else key] = value
         if "loss" in row:
             self.loss = row["loss"]
+        if self.perplexity and "eval_loss" in row:
+            row["eval_perplexity"] = round(math.exp(min(row["eval_loss"], 50.0)), 4)
         self.record.log(row)
         if self.progress is None and ("loss" in row or "eval_loss" in row):  # not a terminal: plain lines
             shown = {k: row[k] for k in ("step", "loss", "eval_loss", "tokens_per_s") if k in row}

@@ -142,17 +142,23 @@ def _record_base(folder: Path, model) -> None:
 
 
 def make_trainer(cfg: RunConfig, model, tokenizer, record, train, validation, collator, console,
-                 compute_metrics=None) -> TunelabTrainer:
+                 compute_metrics=None, trainer_class: type | None = None, perplexity: bool | None = None,
+                 **trainer_kwargs) -> TunelabTrainer:
     """The Trainer every objective uses: arguments from cfg.train, the method's optimizer
-    (if it has its own), and the run's progress/metrics logger."""
+    (if it has its own), and the run's progress/metrics logger.
+
+    `trainer_class` is TunelabTrainer or a subclass (given `trainer_kwargs`); evaluation
+    rows carry perplexity when the loss is a language model's (`perplexity` overrides).
+    """
     method = METHODS[cfg.method_name]
     args = training_arguments(cfg.train, record.folder, has_eval=bool(validation))
     make_optimizer = (lambda m, cls, kw: method.optimizer(m, cfg.method, cls, kw)) if method.optimizer else None
-    trainer = TunelabTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation or None,
-                             data_collator=collator, processing_class=tokenizer, compute_metrics=compute_metrics,
-                             make_optimizer=make_optimizer)
+    trainer = (trainer_class or TunelabTrainer)(
+        model=model, args=args, train_dataset=train, eval_dataset=validation or None, data_collator=collator,
+        processing_class=tokenizer, compute_metrics=compute_metrics, make_optimizer=make_optimizer, **trainer_kwargs)
     tokens = lambda: trainer.real_tokens_seen * trainer.accelerator.num_processes
-    trainer.add_callback(RunLogger(record, tokens, console))
+    perplexity = trainer.lm_loss if perplexity is None else perplexity
+    trainer.add_callback(RunLogger(record, tokens, console, perplexity=perplexity))
     return trainer
 
 

@@ -22,12 +22,17 @@ CHECKPOINT_PREFIX = "checkpoint-"
 COMPLETE = "COMPLETE"  # written last: a checkpoint without it is an interrupted write and is never resumed
 
 
-def training_arguments(cfg: TrainConfig, run_dir: Path, has_eval: bool, **extra) -> TrainingArguments:
-    """TrainingArguments from tunelab's TrainConfig (one place, shared by every objective)."""
+def training_arguments(cfg: TrainConfig, run_dir: Path, has_eval: bool, args_class: type = TrainingArguments,
+                       **extra) -> TrainingArguments:
+    """TrainingArguments from tunelab's TrainConfig (one place, shared by every objective).
+
+    `args_class` is a TrainingArguments subclass (trl's DPOConfig, GRPOConfig, ...) and
+    `extra` its own fields.
+    """
     bf16 = compute_dtype(cfg.precision) == torch.bfloat16
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     eval_steps = cfg.eval_steps if cfg.eval_steps > 0 else None
-    return TrainingArguments(
+    settings = dict(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -59,11 +64,40 @@ def training_arguments(cfg: TrainConfig, run_dir: Path, has_eval: bool, **extra)
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
-        **extra,
     )
+    return args_class(**{**settings, **extra})  # `extra` wins: a library trainer's own needs
 
 
-class TunelabTrainer(Trainer):
+class AtomicCheckpoints:
+    """Trainer mixin: checkpoints are written to a staging folder, renamed, then marked
+    COMPLETE, so a crash at any moment leaves the previous checkpoint usable. Mixed into
+    tunelab's own trainer and into the library trainers (trl) objectives use."""
+
+    def _save_checkpoint(self, model, trial):
+        root = Path(self.args.output_dir)
+        final = root / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        staging = root / f".staging-{final.name}"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        self.save_model(str(staging), _internal_call=True)
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(str(staging))
+            self._save_rng_state(str(staging))
+        self.accelerator.wait_for_everyone()  # every rank writes its own rng_state_<rank>.pth into staging
+        if self.args.should_save:
+            self.state.save_to_json(str(staging / "trainer_state.json"))
+            _fsync_tree(staging)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging, final)
+            (final / COMPLETE).write_text(json.dumps({"step": self.state.global_step}))
+            _rotate(root, self.args.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
+
+class TunelabTrainer(AtomicCheckpoints, Trainer):
     """Trainer with four changes:
 
     * causal-LM loss computes the vocabulary projection only at positions that have a
@@ -130,29 +164,6 @@ class TunelabTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, dict(inputs))
         return loss.detach(), None, None
-
-    def _save_checkpoint(self, model, trial):
-        root = Path(self.args.output_dir)
-        final = root / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
-        staging = root / f".staging-{final.name}"
-        if self.args.should_save:
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-        self.accelerator.wait_for_everyone()
-        self.save_model(str(staging), _internal_call=True)
-        if not self.args.save_only_model:
-            self._save_optimizer_and_scheduler(str(staging))
-            self._save_rng_state(str(staging))
-        self.accelerator.wait_for_everyone()  # every rank writes its own rng_state_<rank>.pth into staging
-        if self.args.should_save:
-            self.state.save_to_json(str(staging / "trainer_state.json"))
-            _fsync_tree(staging)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(staging, final)
-            (final / COMPLETE).write_text(json.dumps({"step": self.state.global_step}))
-            _rotate(root, self.args.save_total_limit)
-        self.accelerator.wait_for_everyone()
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
