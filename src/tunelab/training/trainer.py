@@ -88,12 +88,12 @@ class AtomicCheckpoints:
         self.accelerator.wait_for_everyone()  # every rank writes its own rng_state_<rank>.pth into staging
         if self.args.should_save:
             self.state.save_to_json(str(staging / "trainer_state.json"))
-            _fsync_tree(staging)
+            fsync_tree(staging)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(staging, final)
             (final / COMPLETE).write_text(json.dumps({"step": self.state.global_step}))
-            _rotate(root, self.args.save_total_limit)
+            rotate_checkpoints(root, self.args.save_total_limit)
         self.accelerator.wait_for_everyone()
 
 
@@ -173,7 +173,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
 
 
-def _rotate(root: Path, keep: int | None) -> None:
+def rotate_checkpoints(root: Path, keep: int | None) -> None:
+    """Delete all but the newest `keep` complete checkpoints under `root`."""
     if not keep:
         return
     done = sorted((p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if (p / COMPLETE).is_file()),
@@ -182,7 +183,8 @@ def _rotate(root: Path, keep: int | None) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _fsync_tree(folder: Path) -> None:
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under `folder` to disk (before the rename that publishes it)."""
     for p in folder.rglob("*"):
         if p.is_file():
             with open(p, "rb") as f:
