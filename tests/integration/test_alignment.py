@@ -196,7 +196,7 @@ def test_dpo_moves_held_out_rewards_toward_chosen(pairs, tmp_path, tiny_model_di
     assert summary["reward_margin"] > 0 and summary["reward_accuracy"] > 0.5
 
 
-@pytest.mark.parametrize("objective", ["rm", "dpo", "kto"])
+@pytest.mark.parametrize("objective", ["rm", "dpo", "kto", "orpo", "simpo"])
 def test_resume_matches_an_uninterrupted_run(objective, pairs, tmp_path, tiny_model_dir, monkeypatch):
     common = ["train.max_steps=6", "train.save_steps=2", "train.save_total_limit=3", "data.val_split=0"]
     straight = train(load_config(None, settings(tiny_model_dir, pairs, tmp_path, objective, "straight", *common)))

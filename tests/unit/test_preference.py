@@ -76,5 +76,6 @@ def test_kto_reads_unpaired_records_and_keeps_pairs_for_validation(tmp_path):
 
 def test_unpaired_label_must_be_true_or_false(tmp_path):
     path = write_jsonl(tmp_path / "u.jsonl", [{"prompt": "Q", "completion": " a", "label": "yes"}])
-    with pytest.raises(DataError, match="u.jsonl:1.*label"):
+    expected = r"u\.jsonl: holds prompt_completion records; objective kto needs .*label \(true/false\)"
+    with pytest.raises(DataError, match=expected):
         build_unpaired(DataConfig(train=str(path)), 0, "kto")

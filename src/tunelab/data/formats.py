@@ -38,6 +38,8 @@ def detect_format(record: Record) -> str:
     """Name the format of `record` from its fields, or raise DataError saying what was expected."""
     keys = set(record.data)
     for name, required in SIGNATURES:
+        if name == "unpaired" and not isinstance(record.data.get("label"), bool):
+            continue  # a prompt/completion record with some other label field
         if set(required) <= keys:
             return name
     expected = "; ".join(f"{n}: {', '.join(r)}" for n, r in SIGNATURES)
