@@ -105,6 +105,84 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def _task_spec(spec: str, args) -> dict:
+    """FILE[:KIND[:METRIC+METRIC]] -> a task mapping; the kind is guessed from the file when omitted."""
+    from tunelab.eval.config import KINDS
+
+    file, _, rest = spec.partition(":")
+    kind, _, extra = rest.partition(":")
+    if kind and kind not in KINDS:
+        raise ConfigError(f"--tasks {spec!r}: '{kind}' is not a task kind; write FILE:KIND[:METRICS] with KIND one "
+                          f"of {', '.join(KINDS)}, e.g. qa.jsonl:generate:exact_match+f1")
+    task: dict = {"file": file, "kind": kind or _guess_kind(file)}
+    if extra and task["kind"] == "judge":
+        task["mode"] = extra
+    elif extra:
+        task["metrics"] = extra.split("+")
+    if args.limit:
+        task["limit"] = args.limit
+    if args.max_new_tokens:
+        task["max_new_tokens"] = args.max_new_tokens
+    return task
+
+
+def _guess_kind(file: str) -> str:
+    from tunelab.data.readers import read_records
+
+    path = Path(file)
+    if path.suffix.lower() == ".txt" or path.is_dir():
+        return "perplexity"
+    first = next(iter(read_records(path))).data
+    if "stereotyped" in first:
+        return "bias"
+    if "choices" in first or "endings" in first:
+        return "choice"
+    if "text" in first and len(first) == 1:
+        return "perplexity"
+    return "generate"
+
+
+def _run_base(run: str) -> str | None:
+    """The base model a training run folder recorded, if any."""
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        return None
+    from tunelab.config import load_config
+
+    return load_config(path).model.name
+
+
+def cmd_eval(args) -> int:
+    from tunelab.eval import evaluate, load_eval_config
+
+    base: dict = {"output_dir": args.output_dir, "overwrite": args.overwrite}
+    for key in ("batch_size", "dtype", "harness_limit", "harness_include"):
+        if getattr(args, key) is not None:
+            base[key] = getattr(args, key)
+    if args.name:
+        base["run_name"] = args.name
+    if args.run:
+        base["run"] = args.run
+    if args.tasks:
+        base["tasks"] = [_task_spec(s.strip(), args) for s in args.tasks.split(",") if s.strip()]
+    if args.harness:
+        base["harness"] = [t.strip() for t in args.harness.split(",") if t.strip()]
+    if args.model or args.adapter:
+        first = (args.model or [None])[0] or _run_base((args.adapter or [""])[0].split("=")[-1])
+        models = [{"name": "base" if len(args.model or []) <= 1 else Path(m).name, "model": m}
+                  for m in (args.model or [first])]
+        for a in args.adapter or []:
+            name, _, run = a.rpartition("=")
+            models.append({"name": name or Path(run).name, "model": first, "adapter": run})
+        base["models"] = models
+    if args.judge or args.judge_url:
+        base["judge"] = {"model": args.judge, "base_url": args.judge_url, "endpoint_model": args.judge_model}
+    cfg = load_eval_config(args.config, args.set, base)
+    report = evaluate(cfg)
+    print(json.dumps({"folder": report["folder"], "models": report["models"]}))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from tunelab.demo import run_demo
 
@@ -163,6 +241,31 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(p)
     _decoding_flags(p)
     p.set_defaults(func=cmd_chat, max_new_tokens=512)
+
+    p = sub.add_parser("eval", help="evaluate models side by side: perplexity, multiple choice, generation "
+                       "metrics, LLM-as-judge, bias probe, lm-eval tasks")
+    p.add_argument("run", nargs="?", help="a training run folder: base vs tuned on its validation split")
+    p.add_argument("--config", help="eval YAML (models, tasks, judge, harness)")
+    p.add_argument("--model", action="append", help="base model (repeat to compare several bases)")
+    p.add_argument("--adapter", action="append", help="a run folder evaluated on the first model, as NAME=RUN or "
+                   "RUN (repeatable)")
+    p.add_argument("--tasks", help="comma-separated FILE[:KIND[:METRIC+METRIC]], KIND one of perplexity, choice, "
+                   "generate, judge, bias (judge takes :pairwise or :single)")
+    p.add_argument("--harness", help="comma-separated lm-evaluation-harness task names")
+    p.add_argument("--harness-limit", type=int, default=None)
+    p.add_argument("--harness-include", default=None, help="folder of your own lm-eval task YAMLs")
+    p.add_argument("--judge", default=None, help="judge model (alias, folder, .gguf)")
+    p.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL of a judge (key from OPENAI_API_KEY)")
+    p.add_argument("--judge-model", default=None, help="the model name to ask the judge endpoint for")
+    p.add_argument("--limit", type=int, default=None, help="only the first N records of each --tasks file")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="generation length for --tasks generate/judge")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--dtype", default=None, help="auto | bf16 | fp32")
+    p.add_argument("--output-dir", default="runs")
+    p.add_argument("--name", default=None, help="the report folder's name (default eval-<timestamp>)")
+    p.add_argument("--overwrite", action="store_true", help="replace a report of the same name")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an eval config key")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="the main job: LoRA SFT on the built-in requests-to-JSON task, before/after")
     p.add_argument("--output-dir", default="runs")

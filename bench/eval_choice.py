@@ -1,0 +1,152 @@
+"""Multiple choice by log-likelihood: tunelab against lm-evaluation-harness, same model, same questions.
+
+Each set is a tunelab `choice` task over a local file; the harness runs the same file
+through a task YAML that tunelab writes (`tunelab.eval.harness.choice_task_yaml`), with
+its own command line (`lm_eval run --model hf ...`), and both accuracies are compared.
+
+    python bench/eval_choice.py               # speed: 1,800 SST-2 questions x 2 endings, bf16
+    python bench/eval_choice.py --agreement   # agreement: SST-2 dev (872) and a GSM8K 4-way set, fp32
+
+Sets (from ../shared/data):
+- sst2_1800: 1,800 sentences of the SST-2 train split (seeded), endings " negative" / " positive";
+- sst2_dev: the 872 SST-2 dev sentences, the same two endings;
+- gsm8k_choice: 300 GSM8K train problems (seeded), four numeric endings: the right answer and
+  three answers of other problems, in seeded order.
+
+Times: tunelab's is model loading plus scoring, in this process; the harness's is its own
+`total_evaluation_time_seconds` (model loading plus scoring, without Python start-up).
+Speed mode ends with the line
+    seconds_1800q=<s> ratio_vs_harness=<harness_s/tunelab_s> acc_diff_vs_harness=<max abs diff in points>
+Agreement mode ends with
+    sst2_dev_acc=<tunelab>/<harness> sst2_dev_acc_norm=... gsm8k_choice_acc=... gsm8k_choice_acc_norm=... max_diff_points=<x>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+SST2_TEMPLATE = "{text}\nQuestion: Is this sentence positive or negative?\nAnswer:"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def make_set(name: str, folder: Path):
+    """(TaskConfig, rows) of a named set, its file written into `folder`."""
+    from tunelab.eval.config import TaskConfig
+
+    if name.startswith("sst2"):
+        if name == "sst2_dev":
+            rows = read_jsonl(DATA / "sst2" / "dev.jsonl")
+        else:
+            rows = read_jsonl(DATA / "sst2" / "train.jsonl")
+            rows = random.Random(0).sample(rows, 1800)
+        file = write_jsonl([{"text": r["text"], "label": r["label"]} for r in rows], folder / f"{name}.jsonl")
+        return TaskConfig(name=name, kind="choice", file=str(file), template=SST2_TEMPLATE,
+                          choices=["negative", "positive"], gold_field="label")
+    if name == "gsm8k_choice":
+        rows = read_jsonl(DATA / "gsm8k" / "train.jsonl")
+        rng = random.Random(0)
+        picked = rng.sample(range(len(rows)), 300)
+        answers = [r["answer"].split("####")[-1].strip().replace(",", "") for r in rows]
+        out = []
+        for i in picked:
+            others = list({a for a in rng.sample(answers, 20) if a != answers[i]})[:3]
+            choices = others + [answers[i]]
+            rng.shuffle(choices)
+            out.append({"question": rows[i]["question"], "choices": choices, "gold": choices.index(answers[i])})
+        file = write_jsonl(out, folder / f"{name}.jsonl")
+        return TaskConfig(name=name, kind="choice", file=str(file), template="Question: {question}\nAnswer:")
+    raise SystemExit(f"unknown set {name}")
+
+
+def run_tunelab(task, model_dir: Path, dtype, batch_size: int) -> tuple[dict, float]:
+    from tunelab.eval.choice import choice_metrics, ending_loglikelihoods
+    from tunelab.eval.tasks import choice_questions
+    from tunelab.models import load_model
+
+    questions = choice_questions(task)
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(str(model_dir), dtype=dtype)
+    lls = ending_loglikelihoods(model, tokenizer, questions, batch_size)
+    seconds = time.perf_counter() - t0
+    return choice_metrics(lls, questions), seconds
+
+
+def run_harness_cli(task, model_dir: Path, dtype: str, batch_size: int, folder: Path) -> tuple[dict, float]:
+    """The harness's own command line on the same file; (its figures, its evaluation seconds)."""
+    from tunelab.eval.harness import choice_task_yaml
+
+    tasks_dir = folder / f"harness_{task.name}"
+    tasks_dir.mkdir(exist_ok=True)
+    harness_name = f"tunelab_{task.name}"
+    (tasks_dir / f"{harness_name}.yaml").write_text(choice_task_yaml(task, harness_name), encoding="utf-8")
+    out = folder / f"harness_out_{task.name}"
+    cmd = [str(Path(sys.executable).with_name("lm_eval")), "run", "--model", "hf",
+           "--model_args", f"pretrained={model_dir},dtype={dtype}", "--tasks", harness_name,
+           "--include_path", str(tasks_dir), "--batch_size", str(batch_size), "--device", "cpu",
+           "--output_path", str(out)]
+    subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    result = json.loads(max(out.rglob("results_*.json"), key=lambda p: p.stat().st_mtime).read_text())
+    figures = {k.split(",")[0]: v for k, v in result["results"][harness_name].items() if "stderr" not in k}
+    return figures, float(result["total_evaluation_time_seconds"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--agreement", action="store_true", help="SST-2 dev and GSM8K choice in fp32")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"{DATA} is missing: this benchmark needs the shared datasets")
+    import torch
+
+    from tunelab.models import resolve
+
+    model_dir = resolve("smollm2-135m-instruct")
+    sets = ["sst2_dev", "gsm8k_choice"] if args.agreement else ["sst2_1800"]
+    dtype, dtype_name = (torch.float32, "float32") if args.agreement else (torch.bfloat16, "bfloat16")
+    line, diffs, times = [], [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name in sets:
+            task = make_set(name, folder)
+            ours, ours_s = run_tunelab(task, model_dir, dtype, args.batch_size)
+            theirs, theirs_s = run_harness_cli(task, model_dir, dtype_name, args.batch_size, folder)
+            times[name] = (ours_s, theirs_s)
+            print(f"{name}: {ours['n']} questions, {dtype_name}")
+            print(f"  {'':10} {'tunelab':>9} {'harness':>9}")
+            for metric in ("acc", "acc_norm", "acc_bytes"):
+                diff = abs(ours[metric] - theirs[metric]) * 100
+                diffs.append(diff)
+                print(f"  {metric:10} {ours[metric]:9.4f} {theirs[metric]:9.4f}   diff {diff:.2f} points")
+                if metric != "acc_bytes":
+                    line.append(f"{name}_{metric}={ours[metric]:.4f}/{theirs[metric]:.4f}")
+            print(f"  seconds    {ours_s:9.1f} {theirs_s:9.1f}   harness/tunelab {theirs_s / ours_s:.2f}x")
+    if args.agreement:
+        print(" ".join(line + [f"max_diff_points={max(diffs):.2f}"]))
+    else:
+        ours_s, theirs_s = times["sst2_1800"]
+        print(f"seconds_1800q={ours_s:.1f} ratio_vs_harness={theirs_s / ours_s:.2f} "
+              f"acc_diff_vs_harness={max(diffs[:2]):.2f}")
+
+
+if __name__ == "__main__":
+    main()

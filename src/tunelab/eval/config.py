@@ -1,0 +1,149 @@
+"""What `tunelab eval` runs: the models side by side, the tasks, the judge, harness tasks.
+
+An eval config is YAML with these top-level keys (all optional but `tasks` or `harness`):
+
+    models:                      # the first is the baseline every other model is compared with
+      - {name: base, model: smollm2-135m-instruct}
+      - {name: tuned, adapter: runs/sft-lora}
+    tasks:
+      - {name: sst2, kind: choice, file: sst2.jsonl, template: "{text}\\nSentiment:",
+         choices: [negative, positive], gold_field: label}
+      - {name: wiki, kind: perplexity, file: wiki.txt, window: 1024, stride: 512}
+    judge: {model: smollm2-135m-instruct}   # or {base_url: http://host/v1, endpoint_model: gpt-x}
+    harness: [hellaswag]         # lm-evaluation-harness task names (needs lm-eval and its data)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.config import DEFAULT_MODEL, _Loader, deep_merge, from_dict, parse_overrides
+from tunelab.errors import ConfigError
+from tunelab.eval.judge import JudgeConfig
+
+KINDS = ("perplexity", "choice", "generate", "judge", "bias")
+
+
+@dataclass
+class ModelSpec:
+    """One model of the comparison: a base (alias, folder, .gguf) plus an optional run folder."""
+
+    name: str = ""  # label in the report; default: the run folder's name or the model's
+    model: str | None = None  # default: the run's own base, else the first model's
+    adapter: str | None = None  # a tunelab run folder (adapter, head or full model)
+
+
+@dataclass
+class TaskConfig:
+    """One task: a local data file, its kind, and how records become questions."""
+
+    name: str = ""
+    kind: str = "choice"  # perplexity | choice | generate | judge | bias
+    file: str = ""  # .jsonl / .json / .csv / .parquet records; .txt (or a folder of them) for perplexity
+    limit: int | None = None  # only the first N records
+    columns: dict[str, str] = field(default_factory=dict)  # rename the file's fields: {their_name: our_name}
+    template: str | None = None  # a record's fields into the context / prompt, e.g. "{question}\nAnswer:"
+    # perplexity
+    text_field: str = "text"
+    window: int = 1024  # tokens the model reads at once
+    stride: int = 512  # tokens newly scored per window after the first
+    # choice
+    choices: list[str] | None = None  # the same endings for every record; else each record's `choices_field`
+    choices_field: str = "choices"
+    gold_field: str = "gold"  # an index into the choices, or the choice's text
+    target_delimiter: str = " "  # between context and ending, as in lm-evaluation-harness
+    num_fewshot: int = 0
+    fewshot_file: str | None = None  # default: the task's own file, never the question itself
+    fewshot_delimiter: str = "\n\n"
+    description: str = ""  # text before the few-shot examples
+    seed: int = 1234
+    # generate and judge
+    prompt_field: str = "prompt"  # used when no template is given (a string, or a `messages` list)
+    answer_field: str = "answer"  # gold: a string, a list of acceptable strings, a number or a JSON record
+    metrics: list[str] = field(default_factory=lambda: ["exact_match", "f1"])
+    labels: dict[str, list[str]] = field(default_factory=dict)  # metric `label`: label -> words that signal it
+    chat: bool = True  # wrap the prompt in the model's chat template
+    system: str | None = None
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    mode: str = "pairwise"  # judge: pairwise (each model vs the first) | single (1-10 grades)
+    reference_field: str | None = None  # judge: a reference answer shown to the judge
+    # bias
+    stereotyped_field: str = "stereotyped"
+    other_field: str = "other"
+    category_field: str = "category"
+
+
+@dataclass
+class EvalConfig:
+    """Everything `tunelab eval` needs; saved with the report so the evaluation can be repeated."""
+
+    models: list[ModelSpec] = field(default_factory=list)
+    tasks: list[TaskConfig] = field(default_factory=list)
+    run: str | None = None  # a training run folder: base vs tuned on its validation split by default
+    judge: JudgeConfig | None = None
+    harness: list[str] = field(default_factory=list)
+    harness_limit: int | None = None
+    harness_num_fewshot: int | None = None
+    harness_include: str | None = None  # a folder of the user's own lm-eval task YAMLs (local data files)
+    batch_size: int = 16
+    dtype: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
+    output_dir: str = "runs"
+    run_name: str | None = None  # default: eval-<timestamp>
+    overwrite: bool = False
+
+
+def check(cfg: EvalConfig) -> EvalConfig:
+    """Fill defaults and refuse what cannot run, naming the key."""
+    for i, task in enumerate(cfg.tasks):
+        key = f"tasks[{i}]"
+        if task.kind not in KINDS:
+            raise ConfigError(f"{key}.kind: '{task.kind}' is not a task kind; choose one of: {', '.join(KINDS)}")
+        if not task.file:
+            raise ConfigError(f"{key}.file: no data file given for task '{task.name or task.kind}'")
+        task.name = task.name or Path(task.file).stem
+        if task.kind == "judge" and task.mode not in ("pairwise", "single"):
+            raise ConfigError(f"{key}.mode: '{task.mode}' is not known; choose pairwise or single")
+        if task.kind == "judge" and cfg.judge is None:
+            raise ConfigError(f"{key}: a judge task needs a judge; add judge: {{model: NAME}} or "
+                              "judge: {base_url: URL, endpoint_model: NAME} (CLI: --judge / --judge-url)")
+    names = [t.name for t in cfg.tasks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"tasks: two tasks share a name ({', '.join(sorted({n for n in names if names.count(n) > 1}))})"
+                          "; give each a distinct `name`")
+    if not cfg.tasks and not cfg.harness and not cfg.run:
+        raise ConfigError("nothing to evaluate: give --tasks, --harness, a run folder, or a config with `tasks:`")
+    if not cfg.models and not cfg.run:
+        cfg.models = [ModelSpec(name="base", model=DEFAULT_MODEL)]
+    return cfg
+
+
+def load_eval_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                     base: dict[str, Any] | None = None) -> EvalConfig:
+    """Read an eval YAML (optional), merge `base` (from CLI flags) and `--set` overrides, check it."""
+    raw: dict = {}
+    where = "eval config"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{p}: eval config file not found")
+        try:
+            loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping with models, tasks, judge, harness")
+        raw = loaded or {}
+    raw = deep_merge(raw, base or {})
+    raw = deep_merge(raw, parse_overrides(overrides or []))
+    try:
+        return check(from_dict(EvalConfig, raw))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
