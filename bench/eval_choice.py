@@ -13,8 +13,11 @@ Sets (from ../shared/data):
 - gsm8k_choice: 300 GSM8K train problems (seeded), four numeric endings: the right answer and
   three answers of other problems, in seeded order.
 
-Times: tunelab's is model loading plus scoring, in this process; the harness's is its own
-`total_evaluation_time_seconds` (model loading plus scoring, without Python start-up).
+Speed mode times both in this process on the same model object: tunelab reading the file
+and scoring it, against the harness's `simple_evaluate` (its data loading and scoring; its
+task index is built before the clock starts). Agreement mode runs the harness's own command
+line, which loads the model itself; its times there are the harness's
+`total_evaluation_time_seconds` and tunelab's scoring, for information only.
 Speed mode ends with the line
     seconds_1800q=<s> ratio_vs_harness=<harness_s/tunelab_s> acc_diff_vs_harness=<max abs diff in points>
 Agreement mode ends with
@@ -67,7 +70,7 @@ def make_set(name: str, folder: Path):
         answers = [r["answer"].split("####")[-1].strip().replace(",", "") for r in rows]
         out = []
         for i in picked:
-            others = list({a for a in rng.sample(answers, 20) if a != answers[i]})[:3]
+            others = list(dict.fromkeys(a for a in rng.sample(answers, 20) if a != answers[i]))[:3]
             choices = others + [answers[i]]
             rng.shuffle(choices)
             out.append({"question": rows[i]["question"], "choices": choices, "gold": choices.index(answers[i])})
@@ -76,27 +79,46 @@ def make_set(name: str, folder: Path):
     raise SystemExit(f"unknown set {name}")
 
 
-def run_tunelab(task, model_dir: Path, dtype, batch_size: int) -> tuple[dict, float]:
+def run_tunelab(task, model, tokenizer, batch_size: int) -> tuple[dict, float]:
+    """tunelab's figures and seconds: reading the task file and scoring it."""
     from tunelab.eval.choice import choice_metrics, ending_loglikelihoods
     from tunelab.eval.tasks import choice_questions
-    from tunelab.models import load_model
 
-    questions = choice_questions(task)
     t0 = time.perf_counter()
-    model, tokenizer = load_model(str(model_dir), dtype=dtype)
+    questions = choice_questions(task)
     lls = ending_loglikelihoods(model, tokenizer, questions, batch_size)
-    seconds = time.perf_counter() - t0
-    return choice_metrics(lls, questions), seconds
+    return choice_metrics(lls, questions), time.perf_counter() - t0
 
 
-def run_harness_cli(task, model_dir: Path, dtype: str, batch_size: int, folder: Path) -> tuple[dict, float]:
-    """The harness's own command line on the same file; (its figures, its evaluation seconds)."""
+def write_harness_task(task, folder: Path) -> tuple[str, Path]:
     from tunelab.eval.harness import choice_task_yaml
 
     tasks_dir = folder / f"harness_{task.name}"
     tasks_dir.mkdir(exist_ok=True)
-    harness_name = f"tunelab_{task.name}"
-    (tasks_dir / f"{harness_name}.yaml").write_text(choice_task_yaml(task, harness_name), encoding="utf-8")
+    name = f"tunelab_{task.name}"
+    (tasks_dir / f"{name}.yaml").write_text(choice_task_yaml(task, name), encoding="utf-8")
+    return name, tasks_dir
+
+
+def run_harness_api(task, model, tokenizer, batch_size: int, folder: Path) -> tuple[dict, float]:
+    """The harness's figures and seconds through its API, on the same model object in this process:
+    its task index is built before the clock starts; the clock covers its data loading and scoring."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    name, tasks_dir = write_harness_task(task, folder)
+    manager = TaskManager(include_path=str(tasks_dir))
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    t0 = time.perf_counter()
+    out = lm_eval.simple_evaluate(model=lm, tasks=[name], task_manager=manager, bootstrap_iters=0)
+    seconds = time.perf_counter() - t0
+    return {k.split(",")[0]: v for k, v in out["results"][name].items() if "stderr" not in k}, seconds
+
+
+def run_harness_cli(task, model_dir: Path, dtype: str, batch_size: int, folder: Path) -> tuple[dict, float]:
+    """The harness's own command line on the same file; (its figures, its evaluation seconds)."""
+    harness_name, tasks_dir = write_harness_task(task, folder)
     out = folder / f"harness_out_{task.name}"
     cmd = [str(Path(sys.executable).with_name("lm_eval")), "run", "--model", "hf",
            "--model_args", f"pretrained={model_dir},dtype={dtype}", "--tasks", harness_name,
@@ -118,7 +140,7 @@ def main() -> None:
         raise SystemExit(f"{DATA} is missing: this benchmark needs the shared datasets")
     import torch
 
-    from tunelab.models import resolve
+    from tunelab.models import load_model, resolve
 
     model_dir = resolve("smollm2-135m-instruct")
     sets = ["sst2_dev", "gsm8k_choice"] if args.agreement else ["sst2_1800"]
@@ -126,10 +148,14 @@ def main() -> None:
     line, diffs, times = [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        model, tokenizer = load_model(str(model_dir), dtype=dtype)
         for name in sets:
             task = make_set(name, folder)
-            ours, ours_s = run_tunelab(task, model_dir, dtype, args.batch_size)
-            theirs, theirs_s = run_harness_cli(task, model_dir, dtype_name, args.batch_size, folder)
+            ours, ours_s = run_tunelab(task, model, tokenizer, args.batch_size)
+            if args.agreement:  # the harness's own command line, its own model loading
+                theirs, theirs_s = run_harness_cli(task, model_dir, dtype_name, args.batch_size, folder)
+            else:  # timing: the same model object, scoring only
+                theirs, theirs_s = run_harness_api(task, model, tokenizer, args.batch_size, folder)
             times[name] = (ours_s, theirs_s)
             print(f"{name}: {ours['n']} questions, {dtype_name}")
             print(f"  {'':10} {'tunelab':>9} {'harness':>9}")

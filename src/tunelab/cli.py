@@ -109,12 +109,16 @@ def _task_spec(spec: str, args) -> dict:
     """FILE[:KIND[:METRIC+METRIC]] -> a task mapping; the kind is guessed from the file when omitted."""
     from tunelab.eval.config import KINDS
 
-    file, _, rest = spec.partition(":")
+    drive = spec[:2] if len(spec) > 2 and spec[1] == ":" and spec[2] in "\\/" else ""  # a Windows drive, C:\data\qa.jsonl
+    file, _, rest = spec[len(drive):].partition(":")
+    file = drive + file
     kind, _, extra = rest.partition(":")
     if kind and kind not in KINDS:
         raise ConfigError(f"--tasks {spec!r}: '{kind}' is not a task kind; write FILE:KIND[:METRICS] with KIND one "
                           f"of {', '.join(KINDS)}, e.g. qa.jsonl:generate:exact_match+f1")
     task: dict = {"file": file, "kind": kind or _guess_kind(file)}
+    if task["kind"] == "choice" and not kind and "endings" in _first_record(file):
+        task["choices_field"] = "endings"
     if extra and task["kind"] == "judge":
         task["mode"] = extra
     elif extra:
@@ -126,13 +130,17 @@ def _task_spec(spec: str, args) -> dict:
     return task
 
 
-def _guess_kind(file: str) -> str:
+def _first_record(file: str) -> dict:
     from tunelab.data.readers import read_records
 
+    return next(iter(read_records(file))).data
+
+
+def _guess_kind(file: str) -> str:
     path = Path(file)
     if path.suffix.lower() == ".txt" or path.is_dir():
         return "perplexity"
-    first = next(iter(read_records(path))).data
+    first = _first_record(file)
     if "stereotyped" in first:
         return "bias"
     if "choices" in first or "endings" in first:
@@ -155,8 +163,8 @@ def _run_base(run: str) -> str | None:
 def cmd_eval(args) -> int:
     from tunelab.eval import evaluate, load_eval_config
 
-    base: dict = {"output_dir": args.output_dir, "overwrite": args.overwrite}
-    for key in ("batch_size", "dtype", "harness_limit", "harness_include"):
+    base: dict = {"overwrite": True} if args.overwrite else {}  # flags given win over the YAML; others leave it be
+    for key in ("output_dir", "batch_size", "dtype", "harness_limit", "harness_include", "harness_num_fewshot"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
     if args.name:
@@ -176,7 +184,8 @@ def cmd_eval(args) -> int:
             models.append({"name": name or Path(run).name, "model": first, "adapter": run})
         base["models"] = models
     if args.judge or args.judge_url:
-        base["judge"] = {"model": args.judge, "base_url": args.judge_url, "endpoint_model": args.judge_model}
+        judge = {"model": args.judge, "base_url": args.judge_url, "endpoint_model": args.judge_model}
+        base["judge"] = {k: v for k, v in judge.items() if v is not None}
     cfg = load_eval_config(args.config, args.set, base)
     report = evaluate(cfg)
     print(json.dumps({"folder": report["folder"], "models": report["models"]}))
@@ -254,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--harness", help="comma-separated lm-evaluation-harness task names")
     p.add_argument("--harness-limit", type=int, default=None)
     p.add_argument("--harness-include", default=None, help="folder of your own lm-eval task YAMLs")
+    p.add_argument("--harness-num-fewshot", type=int, default=None)
     p.add_argument("--judge", default=None, help="judge model (alias, folder, .gguf)")
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL of a judge (key from OPENAI_API_KEY)")
     p.add_argument("--judge-model", default=None, help="the model name to ask the judge endpoint for")
@@ -261,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation length for --tasks generate/judge")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--dtype", default=None, help="auto | bf16 | fp32")
-    p.add_argument("--output-dir", default="runs")
+    p.add_argument("--output-dir", default=None, help="where the report folder goes (default runs)")
     p.add_argument("--name", default=None, help="the report folder's name (default eval-<timestamp>)")
     p.add_argument("--overwrite", action="store_true", help="replace a report of the same name")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an eval config key")

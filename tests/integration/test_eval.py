@@ -111,6 +111,18 @@ def test_harness_bridge_agrees_with_the_same_choice_task(tiny_model_dir, tmp_pat
         assert ours[metric] == pytest.approx(theirs[metric])
 
 
+def test_adapters_from_the_command_line_default_to_their_runs_base(sft_run, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "mc.jsonl", [{"context": "q", "choices": ["a", "b"], "gold": 0}] * 3)
+    rc = main(["eval", "--adapter", f"lora={sft_run}", "--adapter", str(sft_run), "--tasks", f"{data}:choice",
+               "--output-dir", str(tmp_path), "--name", "cli"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "cli" / "report.json").read_text())
+    assert report["models"] == ["base", "lora", "sft"]
+    assert report["config"]["models"][0]["model"] == load_config(sft_run / "config.yaml").model.name
+    results = report["tasks"]["mc"]["results"]
+    assert results["lora"]["acc"] == results["sft"]["acc"]  # the same adapter under two names
+
+
 def test_unknown_harness_task_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
     rc = main(["eval", "--model", str(tiny_model_dir), "--harness", "no_such_task_xyz", "--output-dir", str(tmp_path)])
     assert rc == 2 and "no_such_task_xyz not found" in capsys.readouterr().err
@@ -163,3 +175,45 @@ def test_existing_report_is_not_overwritten(tiny_model_dir, tmp_path, capsys):
     assert main(args) == 0
     assert main(args) == 2 and "already there" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
+
+
+def test_pairwise_judge_needs_two_models(tiny_model_dir, tmp_path, capsys):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}])
+    rc = main(["eval", "--model", str(tiny_model_dir), "--tasks", f"{prompts}:judge", "--judge", str(tiny_model_dir),
+               "--output-dir", str(tmp_path)])
+    assert rc == 2 and "give at least two models" in capsys.readouterr().err
+
+
+def test_bad_gold_answer_is_found_before_generating(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "g.jsonl", [{"prompt": "a", "answer": "#### 4"}, {"prompt": "b", "answer": "7"},
+                                              {"prompt": "c", "answer": "none"}])
+    rc = main(["eval", "--model", str(tmp_path / "no-model"), "--tasks", f"{data}:generate:numeric",
+               "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "g.jsonl:3" in err and "numeric" in err, err
+
+
+def test_a_late_failure_keeps_the_figures_already_measured(tiny_model_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "mc.jsonl", [{"context": "q", "choices": ["a", "b"], "gold": 0}] * 2)
+    rc = main(["eval", "--model", str(tiny_model_dir), "--model", str(tmp_path / "gone"), "--tasks", str(data),
+               "--output-dir", str(tmp_path), "--name", "late"])
+    assert rc == 2 and "gone" in capsys.readouterr().err
+    report = json.loads((tmp_path / "late" / "report.json").read_text())
+    first = report["models"][0]
+    assert report["complete"] is False and report["tasks"]["mc"]["results"][first]["n"] == 2
+    # an unfinished report does not block running again under the same name
+    assert main(["eval", "--model", str(tiny_model_dir), "--tasks", str(data), "--output-dir", str(tmp_path),
+                 "--name", "late"]) == 0
+
+
+def test_task_specs_on_the_command_line(tmp_path):
+    from types import SimpleNamespace
+
+    from tunelab.cli import _task_spec
+
+    args = SimpleNamespace(limit=None, max_new_tokens=None)
+    assert _task_spec(r"C:\data\qa.jsonl:generate:exact_match+f1", args) == {
+        "file": r"C:\data\qa.jsonl", "kind": "generate", "metrics": ["exact_match", "f1"]}
+    assert _task_spec("p.jsonl:judge:single", args)["mode"] == "single"
+    endings = write_jsonl(tmp_path / "h.jsonl", [{"ctx": "c", "endings": ["a", "b"], "gold": 0}])
+    assert _task_spec(str(endings), args) == {"file": str(endings), "kind": "choice", "choices_field": "endings"}

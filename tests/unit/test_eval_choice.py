@@ -75,3 +75,32 @@ def test_acc_norm_divides_by_characters_and_acc_bytes_by_bytes():
     m = choice_metrics([[-2.6, -4.0]], [q])
     assert (m["acc"], m["acc_norm"], m["acc_bytes"]) == (1.0, 0.0, 1.0)
     assert m["predictions"] == [{"pred": 0, "pred_norm": 1, "gold": 0}]
+
+
+def test_lora_adapter_through_the_cache_equals_the_harness(tiny):
+    """A LoRA model (moved off its start) scored through the shared-context cache, against HFLM."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = tiny
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.eval()
+    long_contexts = [q for q in QUESTIONS if len(tokenizer.encode(q.context)) > 2]
+    ours = [x for row in ending_loglikelihoods(peft_model, tokenizer, long_contexts) for x in row]
+    lm = HFLM(pretrained=peft_model, tokenizer=tokenizer, batch_size=4)
+    requests = [Instance("loglikelihood", {}, (q.context, e), i) for q in long_contexts
+                for i, e in enumerate(q.endings)]
+    theirs = [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+    assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-4)
+
+
+def test_empty_context_scores_the_ending_from_the_start_token(tiny):
+    model, tokenizer = tiny
+    model.eval()
+    (score,) = ending_loglikelihoods(model, tokenizer, [Question("", ["hello"], ["hello"], 0)])[0:1][0]
+    ids = [tokenizer.eos_token_id if tokenizer.bos_token_id is None else tokenizer.bos_token_id]
+    ids += tokenizer.encode("hello")
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+    assert score == pytest.approx(sum(float(logp[i, ids[i + 1]]) for i in range(len(ids) - 1)), rel=1e-5)

@@ -129,3 +129,37 @@ def test_harness_yaml_of_a_choice_task(tmp_path):
     assert spec["doc_to_choice"] == ["negative", "positive"] and spec["doc_to_target"] == "label"
     assert spec["target_delimiter"] == " " and spec["output_type"] == "multiple_choice"
     assert spec["dataset_kwargs"]["data_files"]["test"].endswith("s.jsonl")
+
+
+def test_a_conversations_answer_never_leaks_into_its_prompt(tmp_path):
+    turns = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    f = _jsonl(tmp_path / "c.jsonl", [{"messages": turns, "answer": "four"}, {"messages": turns}])
+    p = prompted(TaskConfig(name="c", kind="generate", file=f), need_gold=True)
+    assert p.prompts == [turns[:1], turns[:1]] and p.golds == ["four", "4"]
+    for bad, needle in [(["hi"], "non-empty list of {role, content} turns"), ([], "non-empty list"),
+                        ([{"role": "assistant", "content": "x"}], "no turn before the answer")]:
+        f = _jsonl(tmp_path / "b.jsonl", [{"messages": bad, "answer": "x"}])
+        with pytest.raises(DataError, match=r"b.jsonl:1: .*" + needle.replace("{", r"\{").replace("}", r"\}")):
+            prompted(TaskConfig(name="b", kind="generate", file=f), need_gold=True)
+    with pytest.raises(DataError, match="chat: false"):
+        prompted(TaskConfig(name="c", kind="generate", file=str(tmp_path / "c.jsonl"), chat=False), need_gold=True)
+
+
+def test_json_metric_needs_json_gold_records(tmp_path):
+    f = _jsonl(tmp_path / "j.jsonl", [{"prompt": "a", "answer": "{\"x\": 1}"}, {"prompt": "b", "answer": "plain"}])
+    with pytest.raises(DataError, match=r"j.jsonl:2: task 'j': metric json needs a JSON object"):
+        prompted(TaskConfig(name="j", kind="generate", file=f, metrics=["json"]), need_gold=True)
+
+
+def test_templates_take_plain_field_names_only(tmp_path):
+    f = _choice_file(tmp_path)
+    with pytest.raises(DataError, match=r"\{q.upper\} is not a field name"):
+        choice_questions(TaskConfig(name="mc", file=f, template="{q.upper}"))
+
+
+def test_integral_float_gold_and_few_shot_pool_beyond_the_limit(tmp_path):
+    f = _jsonl(tmp_path / "mc.jsonl", [{"q": f"question {i}", "choices": ["a", "b"], "gold": float(i % 2)}
+                                       for i in range(6)])
+    q = choice_questions(TaskConfig(name="mc", file=f, template="{q}", limit=2, num_fewshot=3))
+    assert len(q) == 2 and [x.gold for x in q] == [0, 1]
+    assert all(x.context.count("question") == 4 for x in q)  # 3 shots from the whole file + the question

@@ -20,12 +20,14 @@ and only the ending tokens are run again. Models whose adapters prepend virtual 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from tunelab.eval.perplexity import token_logprobs
 
 
 @dataclass
@@ -43,6 +45,9 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = tokenizer.encode(context + continuation)
     n_context = len(tokenizer.encode(context))
+    if n_context == 0:  # an empty context: the ending is scored from the BOS (else EOS) token
+        prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        return [prefix], whole
     return whole[:n_context], whole[n_context:]
 
 
@@ -105,11 +110,6 @@ def ending_loglikelihoods(model, tokenizer, questions: Sequence[Question], batch
     return scores
 
 
-def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(rows, width) log-probabilities of `targets` under `logits` (rows, width, vocab)."""
-    return F.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-
-
 def _score_shared(model, tokenizer, items) -> list[list[float]]:
     """Run each question's shared prefix once, then all endings on copies of its cache."""
     device, pad = _device(model), tokenizer.pad_token_id or 0
@@ -145,7 +145,7 @@ def _score_shared(model, tokenizer, items) -> list[list[float]]:
     positions2 = torch.tensor([len(prefixes[q]) for q in owner]).unsqueeze(1) + torch.arange(width2)
     logits = model(input_ids=ids2.to(device), attention_mask=full_mask.to(device),
                    position_ids=positions2.to(device), past_key_values=cache, use_cache=True).logits
-    logp = _token_logprobs(logits, targets.to(device)).cpu()
+    logp = token_logprobs(logits, targets.to(device)).cpu()
     return _collect(items, logp, [len(s) - 1 for s in suffixes], n_conts)
 
 
@@ -162,7 +162,7 @@ def _score_whole(model, tokenizer, items) -> list[list[float]]:
         targets[r, :len(row) - 1] = torch.tensor(row[1:])
         mask[r, :len(row) - 1] = 1
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -width:]  # drop virtual tokens
-    logp = _token_logprobs(logits, targets.to(device)).cpu()
+    logp = token_logprobs(logits, targets.to(device)).cpu()
     return _collect(items, logp, [len(r) - 1 for r in rows], n_conts)
 
 
@@ -189,6 +189,8 @@ def choice_metrics(loglikelihoods: Sequence[Sequence[float]], questions: Sequenc
         norm += pred_norm == q.gold
         byts += pred_bytes == q.gold
         predictions.append({"pred": pred, "pred_norm": pred_norm, "gold": q.gold})
-    n = max(len(questions), 1)
-    return {"acc": round(acc / n, 5), "acc_norm": round(norm / n, 5), "acc_bytes": round(byts / n, 5),
-            "n": len(questions), "predictions": predictions}
+    n = len(questions)
+    out = {"acc": acc / max(n, 1), "acc_norm": norm / max(n, 1), "acc_bytes": byts / max(n, 1)}
+    # the harness's standard error of a mean of 0/1 scores: sqrt(p(1-p)/(n-1))
+    out.update({f"{k}_stderr": math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0 for k, p in list(out.items())})
+    return {**{k: round(v, 5) for k, v in out.items()}, "n": n, "predictions": predictions}

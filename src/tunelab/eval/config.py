@@ -71,6 +71,8 @@ class TaskConfig:
     max_new_tokens: int = 128
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    repetition_penalty: float = 1.0
     stop: list[str] = field(default_factory=list)
     mode: str = "pairwise"  # judge: pairwise (each model vs the first) | single (1-10 grades)
     reference_field: str | None = None  # judge: a reference answer shown to the judge
@@ -108,11 +110,23 @@ def check(cfg: EvalConfig) -> EvalConfig:
         if not task.file:
             raise ConfigError(f"{key}.file: no data file given for task '{task.name or task.kind}'")
         task.name = task.name or Path(task.file).stem
+        if task.kind == "perplexity" and (task.window < 2 or task.stride < 1):
+            raise ConfigError(f"{key}: perplexity needs window >= 2 and stride >= 1 (got {task.window}, {task.stride})")
+        if task.limit is not None and task.limit < 1:
+            raise ConfigError(f"{key}.limit: must be at least 1 (leave it out to use every record)")
+        if task.num_fewshot and task.kind != "choice":
+            raise ConfigError(f"{key}.num_fewshot: few-shot examples apply to choice tasks; for generation, put the "
+                              "examples in the template")
         if task.kind == "judge" and task.mode not in ("pairwise", "single"):
             raise ConfigError(f"{key}.mode: '{task.mode}' is not known; choose pairwise or single")
         if task.kind == "judge" and cfg.judge is None:
             raise ConfigError(f"{key}: a judge task needs a judge; add judge: {{model: NAME}} or "
                               "judge: {base_url: URL, endpoint_model: NAME} (CLI: --judge / --judge-url)")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size: must be at least 1, got {cfg.batch_size}")
+    if cfg.judge is not None and cfg.judge.base_url and not (cfg.judge.endpoint_model or cfg.judge.model):
+        raise ConfigError("judge.endpoint_model: a judge endpoint needs the model name to ask it for "
+                          "(CLI: --judge-model NAME)")
     names = [t.name for t in cfg.tasks]
     if len(set(names)) != len(names):
         raise ConfigError(f"tasks: two tasks share a name ({', '.join(sorted({n for n in names if names.count(n) > 1}))})"

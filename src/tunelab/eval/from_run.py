@@ -60,16 +60,26 @@ def run_defaults(run: str, folder: Path) -> tuple[list[ModelSpec], list[TaskConf
     elif objective == "pt":
         from tunelab.data.pretrain import read_documents, split_tail
 
-        _, held = split_tail(read_documents(cfg.data.train, cfg.data), cfg.data.val_split)
+        if cfg.data.validation:  # as training held it out
+            held = read_documents(cfg.data.validation, cfg.data)
+        else:
+            _, held = split_tail(read_documents(cfg.data.train, cfg.data), cfg.data.val_split)
         _need(held, run_dir)
         task = TaskConfig(name=name, kind="perplexity", window=cfg.data.max_length, stride=cfg.data.max_length // 2,
                           file=_write_jsonl([{"text": d} for d in held], folder / "data" / f"{name}.jsonl"))
     elif objective in PAIRWISE:
-        from tunelab.data.preference import build_pairs
+        from tunelab.data.preference import build_pairs, build_unpaired
 
-        pairs = build_pairs(cfg.data, cfg.train.seed, objective).validation
+        build = build_unpaired if objective == "kto" else build_pairs
+        pairs = build(cfg.data, cfg.train.seed, objective).validation
         rows = [{"context": p["prompt"], "choices": [p["chosen"], p["rejected"]], "gold": 0} for p in pairs
                 if all(isinstance(p.get(k), str) for k in ("prompt", "chosen", "rejected"))]
+        if pairs and not rows:
+            raise ConfigError(f"{run_dir}: its preference pairs are conversations (message lists); the default "
+                              "evaluation reads text pairs; give tasks with --tasks or --config")
+        if not pairs and objective == "kto" and not cfg.data.validation and cfg.data.val_split > 0:
+            raise ConfigError(f"{run_dir}: KTO on unpaired records holds out no chosen/rejected pairs to compare; "
+                              "give tasks with --tasks or --config")
         _need(rows, run_dir)
         task = TaskConfig(name=name, kind="choice", target_delimiter="",
                           file=_write_jsonl(rows, folder / "data" / f"{name}.jsonl"))

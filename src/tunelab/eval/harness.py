@@ -8,6 +8,7 @@ it a task YAML over local files through `harness_include` (a folder of task YAML
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from pathlib import Path
@@ -35,10 +36,14 @@ def run_harness(model, tokenizer, tasks: list[str], batch_size: int = 16, limit:
         raise ConfigError("--harness needs lm-evaluation-harness: pip install 'lm-eval[hf]'")
     import lm_eval
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
-    logging.getLogger("lm-eval").setLevel(logging.WARNING)
-    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    from tunelab.eval.choice import _is_prompt_learning
+
+    if _is_prompt_learning(model):  # HFLM would read the logits of the virtual tokens as the text's
+        raise ConfigError("--harness cannot score prompt, prefix or P-tuning adapters (their virtual tokens shift "
+                          "the harness's positions); evaluate them with tunelab's own choice and perplexity tasks")
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    manager = _task_manager(include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         hint = f" or in {include_path}" if include_path else "; add your own with harness_include: FOLDER"
@@ -48,7 +53,7 @@ def run_harness(model, tokenizer, tasks: list[str], batch_size: int = 16, limit:
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     try:
         out = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
-                                      task_manager=manager, log_samples=False, bootstrap_iters=0)
+                                      task_manager=manager, log_samples=False, bootstrap_iters=1000)
     except (ConnectionError, FileNotFoundError, OSError) as e:
         raise DataError(f"harness task(s) {', '.join(tasks)}: the task data could not be loaded ({e}); the "
                         "harness downloads it from the Hugging Face Hub, or define the task over local files "
@@ -57,9 +62,26 @@ def run_harness(model, tokenizer, tasks: list[str], batch_size: int = 16, limit:
         model.train(was_training)
     results = {}
     for task, metrics in out["results"].items():
-        results[task] = {key.split(",")[0]: round(float(v), 5) for key, v in metrics.items()
-                         if isinstance(v, (int, float)) and "stderr" not in key and not math.isnan(float(v))}
+        figures = {}
+        for key, value in metrics.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(float(value)):
+                continue
+            name, _, filt = key.partition(",")
+            if name.endswith("_stderr"):
+                name = name[:-len("_stderr")] + (f"/{filt}" if filt and filt != "none" else "") + "_stderr"
+            elif filt and filt != "none":  # gsm8k's strict-match and flexible-extract are two figures
+                name = f"{name}/{filt}"
+            figures[name] = round(float(value), 5)
+        results[task] = figures
     return results
+
+
+@functools.lru_cache(maxsize=4)
+def _task_manager(include_path: str | None):
+    """lm-eval's task index (it reads every task YAML it ships: built once per process)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path) if include_path else TaskManager()
 
 
 def _jinja(template: str | None, default_field: str, renamed: dict[str, str]) -> str:
@@ -93,7 +115,8 @@ def choice_task_yaml(task, name: str) -> str:
         "dataset_kwargs": {"data_files": {"test": str(Path(task.file).resolve())}},
         "test_split": "test",
         "output_type": "multiple_choice",
-        "doc_to_text": task.description + _jinja(task.template, "context", task.columns),
+        "description": task.description,
+        "doc_to_text": _jinja(task.template, "context", task.columns),
         "doc_to_choice": list(task.choices) if task.choices is not None else back.get(task.choices_field,
                                                                                          task.choices_field),
         "doc_to_target": back.get(task.gold_field, task.gold_field),

@@ -4,7 +4,7 @@ Every token of a document is scored once. A window of `window` tokens moves `str
 tokens at a time and scores only the tokens the previous window did not, so each token
 sees at least `window - stride` tokens of context (stride = window: disjoint windows,
 the fastest and the harshest). The first token is predicted from the tokenizer's BOS
-(else EOS) token, as lm-evaluation-harness does, so every byte of the text counts.
+(else EOS) token, so every byte of the text counts.
 
 Figures, as the harness defines them for rolling log-likelihood:
 perplexity = exp(NLL / tokens), word_perplexity = exp(NLL / words) with words split on
@@ -19,7 +19,6 @@ import re
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 
 def prefix_token(tokenizer) -> int:
@@ -28,6 +27,15 @@ def prefix_token(tokenizer) -> int:
     if token is None:
         raise ValueError("the tokenizer has neither a BOS nor an EOS token to start documents with")
     return token
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(rows, width) log-probabilities of `targets` under `logits` (rows, width, vocab), in fp32.
+
+    gather minus logsumexp: one fp32 copy of the logits, not a second full log-softmax.
+    """
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
@@ -71,9 +79,7 @@ def document_nll(model, tokenizer, documents: Sequence[str], window: int = 1024,
                 ids[r, :e - b] = torch.tensor(seqs[d][b:e])
                 mask[r, :e - b] = 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -width:]
-            logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-            targets = ids[:, 1:].to(device)
-            token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()  # (rows, width-1)
+            token_logp = token_logprobs(logits[:, :-1], ids[:, 1:].to(device)).cpu()  # (rows, width-1)
             for r, (d, b, e, s) in enumerate(batch):
                 # target at sequence position t sits at column t - b - 1
                 totals[d][0] -= float(token_logp[r, s - b - 1:e - b - 1].double().sum())

@@ -16,9 +16,16 @@ from pathlib import Path
 
 # where a smaller figure is the better one (the report marks improvements either way)
 LOWER_IS_BETTER = {"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "nll_per_token", "loss",
-                   "loss_rate", "kl"}
+                   "loss_rate", "kl", "label_unmatched"}
+# neither way is better in itself (a bias probe's gap and share are read, not ranked)
+NO_DIRECTION = {"mean_gap", "stereotype_share"}
 # counts and sizes: shown, never compared or charted
 NOT_COMPARED = {"n", "tokens", "words", "bytes", "documents", "pairs", "invalid", "sample_len", "seconds"}
+
+
+def _compared(metric: str) -> bool:
+    """Differences and bars make sense for a figure, not for a count or an interval's bound."""
+    return metric not in NOT_COMPARED and not metric.endswith(("_lo95", "_hi95", "_stderr"))
 
 
 def scalar_metrics(result: dict) -> dict[str, float]:
@@ -36,7 +43,7 @@ def with_differences(tasks: dict, models: list[str]) -> dict:
             if name not in results or base not in results:
                 continue
             a, b = scalar_metrics(results[base]), scalar_metrics(results[name])
-            task["diff"][name] = {k: round(b[k] - a[k], 6) for k in b if k in a and k not in NOT_COMPARED}
+            task["diff"][name] = {k: round(b[k] - a[k], 6) for k in b if k in a and _compared(k)}
     return tasks
 
 
@@ -47,7 +54,7 @@ def _fmt(value) -> str:
 
 
 def _arrow(metric: str, delta: float) -> str:
-    if delta == 0:
+    if delta == 0 or metric in NO_DIRECTION:
         return ""
     better = delta < 0 if metric in LOWER_IS_BETTER else delta > 0
     return " ▲" if better else " ▼"
@@ -90,7 +97,9 @@ def _chart(task_name: str, task: dict, models: list[str]) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [k for k in scalar_metrics(task["results"].get(models[0], {})) if k not in NOT_COMPARED]
+    metrics = []  # every model's figures: a pairwise judge has none for the baseline itself
+    for m in models:
+        metrics += [k for k in scalar_metrics(task["results"].get(m, {})) if _compared(k) and k not in metrics]
     if not metrics:
         return None
     cols = min(len(metrics), 4)
@@ -98,9 +107,10 @@ def _chart(task_name: str, task: dict, models: list[str]) -> str | None:
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, metric in zip(axes.flat, metrics):
-        values = [task["results"].get(m, {}).get(metric, 0) or 0 for m in models]
-        ax.bar(range(len(models)), values, color=[colors[i % len(colors)] for i in range(len(models))])
-        ax.set_xticks(range(len(models)), models, rotation=20, fontsize=8)
+        shown = [m for m in models if isinstance(task["results"].get(m, {}).get(metric), (int, float))]
+        values = [task["results"][m][metric] for m in shown]
+        ax.bar(range(len(shown)), values, color=[colors[models.index(m) % len(colors)] for m in shown])
+        ax.set_xticks(range(len(shown)), shown, rotation=20, fontsize=8)
         ax.set_title(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else ""), fontsize=9)
         ax.tick_params(axis="y", labelsize=8)
     for ax in list(axes.flat)[len(metrics):]:

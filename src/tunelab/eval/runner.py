@@ -8,17 +8,19 @@ judge can compare them once every model has answered.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tunelab.config import to_dict
-from tunelab.errors import ModelError, RunError, TunelabError
+from tunelab.errors import ConfigError, DataError, ModelError, RunError, TunelabError
 from tunelab.eval import tasks as taskdata
 from tunelab.eval.config import EvalConfig, ModelSpec, TaskConfig
 from tunelab.eval.report import with_differences, write_report
@@ -40,32 +42,62 @@ def prepare(task: TaskConfig) -> Prepared:
     elif task.kind in ("generate", "judge"):
         data = taskdata.prompted(task, need_gold=task.kind == "generate")
         if task.kind == "generate":
-            from tunelab.eval.metrics import score_generations
-
-            # a metric the data cannot serve (say `label` without `labels`) fails now, not after generating
-            score_generations(task.metrics, [""] * min(1, len(data.golds)), data.golds[:1], {"labels": task.labels})
+            _check_golds(task, data)
     else:
         data = taskdata.bias_pairs(task)
     n = len(data[0]) if isinstance(data, tuple) else len(data.prompts) if hasattr(data, "prompts") else len(data)
     return Prepared(task, data, n)
 
 
+def _check_golds(task: TaskConfig, data) -> None:
+    """Every gold answer the metrics must read (a number, a JSON record, a label) is checked
+    now, naming its record, rather than after an hour of generating."""
+    from tunelab.eval.metrics import score_generations
+
+    options = {"labels": task.labels}
+    score_generations(task.metrics, [""], data.golds[:1], options)  # unknown metric names, missing options
+    strict = [m for m in task.metrics if m in ("numeric", "json", "label")]
+    for where, gold in zip(data.wheres, data.golds) if strict else ():
+        try:
+            score_generations(strict, [""], [gold], options)
+        except (DataError, ValueError) as e:
+            raise DataError(f"{where}: task '{task.name}': the gold answer in '{task.answer_field}' does not suit "
+                            f"metric {'/'.join(strict)}: {e}") from None
+
+
 def load(spec: ModelSpec, default_model: str | None, dtype_name: str):
-    """(model, tokenizer) for a model spec; any failure becomes one ModelError naming it."""
+    """(model, tokenizer) for a model spec, on the GPU when there is one; any failure is one ModelError."""
     from tunelab.models import load_model, load_run
     from tunelab.training.precision import compute_dtype
 
-    dtype = compute_dtype(dtype_name)
+    if dtype_name not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"dtype: expected auto, bf16 or fp32, got {dtype_name!r}")
     base = spec.model or (None if spec.adapter else default_model)
+    what = f"adapter {spec.adapter} on {base or 'its recorded base'}" if spec.adapter else f"model {base}"
     try:
         if spec.adapter:
-            return load_run(spec.adapter, base=base, dtype=dtype)
-        return load_model(base, dtype=dtype)
+            model, tokenizer = load_run(spec.adapter, base=base, dtype=compute_dtype(dtype_name))
+        else:
+            model, tokenizer = load_model(base, dtype=compute_dtype(dtype_name))
     except TunelabError:
         raise
-    except Exception as e:  # noqa: BLE001  a broken folder, bad weights, a wrong architecture: name the model and the cause
-        what = f"adapter {spec.adapter} on {base or 'its recorded base'}" if spec.adapter else f"model {base}"
+    except Exception as e:  # noqa: BLE001  a broken folder, bad weights, a wrong architecture: name it and the cause
         raise ModelError(f"{what} ('{spec.name}') cannot be loaded: {type(e).__name__}: {e}") from None
+    config = getattr(model, "config", None)
+    if tokenizer is None or config is None or config.is_encoder_decoder or model.get_output_embeddings() is None:
+        kind = "an encoder-decoder model" if getattr(config, "is_encoder_decoder", False) else \
+            "a classifier or probe (no language-model head)"
+        raise ModelError(f"{what} ('{spec.name}') is {kind}; tunelab eval scores causal language models. "
+                         "Classifiers report their held-out accuracy in their run's summary.json")
+    return _to_device(model), tokenizer
+
+
+def _to_device(model):
+    """The GPU when there is one (quantized weights already sit where they were loaded)."""
+    if torch.cuda.is_available() and not getattr(model, "is_quantized", False) and \
+            next(model.parameters()).device.type == "cpu":
+        model = model.to("cuda")
+    return model
 
 
 def _progress(console: Console) -> Progress:
@@ -94,8 +126,8 @@ def run_task(model, tokenizer, prepared: Prepared, batch_size: int, console: Con
 
             lls = ending_loglikelihoods(model, tokenizer, data, batch_size, advance)
             result = choice_metrics(lls, data)
-            return result, [{"loglikelihoods": [round(x, 4) for x in ll], **p}
-                            for ll, p in zip(lls, result.pop("predictions"))]
+            return result, [{"context": q.context, "endings": q.endings, "loglikelihoods": [round(x, 4) for x in ll],
+                             **p} for q, ll, p in zip(data, lls, result.pop("predictions"))]
         if task.kind == "bias":
             from tunelab.eval.bias import bias_probe
 
@@ -103,7 +135,8 @@ def run_task(model, tokenizer, prepared: Prepared, batch_size: int, console: Con
     from tunelab.infer import DecodingConfig, generate
 
     decoding = DecodingConfig(max_new_tokens=task.max_new_tokens, temperature=task.temperature, top_p=task.top_p,
-                              stop=task.stop, seed=0 if task.temperature > 0 else None)
+                              top_k=task.top_k, repetition_penalty=task.repetition_penalty, stop=task.stop,
+                              seed=task.seed if task.temperature > 0 else None)
     outputs = generate(model, tokenizer, data.prompts, decoding, batch_size=batch_size, system=task.system,
                        chat=task.chat)
     if task.kind == "judge":
@@ -123,7 +156,13 @@ def run_judge(cfg: EvalConfig, prepared: Prepared, outputs: dict[str, list[str]]
     """Pairwise: every model against the first; single: a 1-10 grade for every model."""
     from tunelab.eval.judge import grade, make_judge, pairwise
 
-    judge = make_judge(cfg.judge)
+    try:
+        judge = make_judge(cfg.judge)
+    except TunelabError:
+        raise
+    except Exception as e:  # noqa: BLE001  the judge model's own load failure, named
+        raise ModelError(f"judge model {cfg.judge.model or cfg.judge.adapter} cannot be loaded: "
+                         f"{type(e).__name__}: {e}") from None
     task, data = prepared.config, prepared.data
     questions = [_prompt_text(p) for p in data.prompts]
     refs = data.references if any(data.references) else None
@@ -141,19 +180,24 @@ def run_judge(cfg: EvalConfig, prepared: Prepared, outputs: dict[str, list[str]]
 def _folder(cfg: EvalConfig) -> Path:
     cfg.run_name = cfg.run_name or f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = Path(cfg.output_dir) / cfg.run_name
-    if (folder / "report.json").exists() and not cfg.overwrite:
+    done = folder / "report.json"
+    if done.exists() and not cfg.overwrite and json.loads(done.read_text(encoding="utf-8")).get("complete", True):
         raise RunError(f"{folder}: an evaluation report is already there; choose another --name, or --overwrite")
-    if folder.exists() and cfg.overwrite:
-        shutil.rmtree(folder / "samples", ignore_errors=True)
+    shutil.rmtree(folder / "samples", ignore_errors=True)  # from an earlier, replaced or unfinished, report
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def slug(name: str) -> str:
+    """A name safe as one file name (model and task names may hold slashes)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "_"
 
 
 def _save_samples(folder: Path, p: Prepared, model: str, rows: list) -> None:
     """samples/<task>.<model>.jsonl: each example's prediction, for reading what the figures summarise."""
     if hasattr(p.data, "prompts"):  # generations: with their prompt and gold
         rows = [{"prompt": q, "gold": g, "output": o} for q, g, o in zip(p.data.prompts, p.data.golds, rows)]
-    path = folder / "samples" / f"{p.config.name}.{model}.jsonl"
+    path = folder / "samples" / f"{slug(p.config.name)}.{slug(model)}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -162,23 +206,34 @@ def _save_samples(folder: Path, p: Prepared, model: str, rows: list) -> None:
 
 
 def evaluate(cfg: EvalConfig, console: Console | None = None) -> dict:
-    """Run the evaluation `cfg` describes; write report.json/.md/.html; return the report."""
+    """Run the evaluation `cfg` describes; write report.json/.md/.html; return the report.
+
+    The report is rewritten after each model, marked `complete: false` until the end, so
+    a failure late on (a model that cannot load, a judge endpoint that goes away) keeps
+    every figure already measured.
+    """
     console = console or Console()
     folder = _folder(cfg)
     if cfg.run:
         from tunelab.eval.from_run import run_defaults
 
         models, tasks = run_defaults(cfg.run, folder)
-        cfg.models = cfg.models or models
+        tuned = models[-1]
+        cfg.models = cfg.models + [tuned] if cfg.models and not any(m.adapter == tuned.adapter for m in cfg.models) \
+            else cfg.models or models
         cfg.tasks = cfg.tasks or tasks
     names = [m.name or Path(m.adapter or m.model or "model").name for m in cfg.models]
     if len(set(names)) != len(names):
         raise RunError(f"models: two models share the name {names}; give each a distinct `name`")
     for spec, name in zip(cfg.models, names):
         spec.name = name
+    if any(t.kind == "judge" and t.mode == "pairwise" for t in cfg.tasks) and len(names) < 2:
+        raise ConfigError("a pairwise judge task compares each model with the first: give at least two models, "
+                          "or set mode: single to grade one model's answers")
     prepared = [prepare(t) for t in cfg.tasks]
     default_model = next((m.model for m in cfg.models if m.model), None)
-    report: dict[str, Any] = {"models": names, "tasks": {}, "config": to_dict(cfg), "seconds": {}}
+    report: dict[str, Any] = {"complete": False, "models": names, "tasks": {}, "config": to_dict(cfg),
+                              "seconds": {}, "versions": _versions()}
     for p in prepared:
         report["tasks"][p.config.name] = {"kind": p.config.kind, "file": p.config.file, "n": p.n, "results": {}}
     outputs: dict[str, dict[str, list[str]]] = {}
@@ -209,17 +264,36 @@ def evaluate(cfg: EvalConfig, console: Console | None = None) -> dict:
                 entry["results"][spec.name] = figures
                 console.print(f"  harness:{task}: {_headline(figures)}")
         del model
+        _write(report, names, folder)
     for p in prepared:
         if p.config.kind == "judge":
             console.rule(f"judge: {p.config.name}")
-            results = run_judge(cfg, p, outputs[p.config.name], names)
-            report["tasks"][p.config.name]["results"] = results
-    report["seconds"]["total"] = round(time.time() - started, 2)
-    report["tasks"] = with_differences(report["tasks"], names)
-    paths = write_report(report, folder)
+            report["tasks"][p.config.name]["results"] = run_judge(cfg, p, outputs[p.config.name], names)
+    report["total_seconds"] = round(time.time() - started, 2)
+    report["complete"] = True
+    paths = _write(report, names, folder)
     console.print(f"report: {paths['markdown']}  {paths['html']}  {paths['json']}")
     report["folder"] = str(folder)
     return report
+
+
+def _write(report: dict, names: list[str], folder: Path) -> dict[str, Path]:
+    report["tasks"] = with_differences(report["tasks"], names)
+    return write_report(report, folder)
+
+
+def _versions() -> dict[str, str]:
+    """The libraries whose versions can move the figures."""
+    import importlib.metadata as md
+
+    out = {}
+    for package in ("tunelab", "torch", "transformers", "peft", "lm_eval"):
+        try:
+            out[package] = md.version(package)
+        except md.PackageNotFoundError:
+            continue
+    out["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    return out
 
 
 def _headline(result: dict) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,10 @@ def render(template: str | None, record: Record, default_field: str, task: TaskC
             raise DataError(f"{record.where}: task '{task.name}' needs a '{default_field}' text field "
                             f"(or set `template`, e.g. template: \"{{question}}\"); fields here: {_fields(record)}")
         return value
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is not None and not name.isidentifier():
+            raise DataError(f"task '{task.name}': template {template!r}: {{{name}}} is not a field name; write "
+                            "fields as {name} and literal braces as {{ }}")
     try:
         return template.format_map(record.data)
     except KeyError as e:
@@ -96,6 +101,8 @@ def _gold(task: TaskConfig, record: Record, choices: list[str]) -> int:
         if gold not in choices:
             raise DataError(f"{record.where}: gold answer {gold!r} is not one of the choices {choices}")
         return choices.index(gold)
+    if isinstance(gold, float) and gold.is_integer():
+        gold = int(gold)
     if isinstance(gold, bool) or not isinstance(gold, (int, str)):
         raise DataError(f"{record.where}: '{task.gold_field}' must be an index or a choice's text, got {gold!r}")
     index = int(gold)
@@ -113,9 +120,10 @@ def choice_questions(task: TaskConfig) -> list[Question]:
         choices = _choices(task, r)
         parsed.append((render(task.template, r, "context", task), choices, _gold(task, r, choices), r.where))
     shots = parsed
-    if task.fewshot_file and task.num_fewshot:
+    if task.num_fewshot and (task.fewshot_file or task.limit):  # examples come from the whole file
         shots = []
-        for r in read_task_records(TaskConfig(**{**vars(task), "limit": None}), task.fewshot_file):
+        unlimited = TaskConfig(**{**vars(task), "limit": None})
+        for r in read_task_records(unlimited, task.fewshot_file or task.file):
             c = _choices(task, r)
             shots.append((render(task.template, r, "context", task), c, _gold(task, r, c), r.where))
     if task.num_fewshot and task.num_fewshot >= len(shots):
@@ -141,20 +149,21 @@ class Prompted:
     prompts: list[str | list[dict]]  # a user turn, or a message list
     golds: list[Any]
     references: list[str | None]
-    records: list[dict]
+    wheres: list[str]  # "file:line" of each record
 
 
 def prompted(task: TaskConfig, need_gold: bool) -> Prompted:
     """Prompts (a template, a prompt field or a `messages` list) and their gold answers."""
     out = Prompted([], [], [], [])
     for r in read_task_records(task):
-        if task.template is None and isinstance(r.data.get("messages"), list):
-            messages = r.data["messages"]
-            # a conversation ending in the gold answer: the answer is the gold, the rest the prompt
-            if messages and messages[-1].get("role") == "assistant" and task.answer_field not in r.data:
-                prompt, gold = messages[:-1], messages[-1].get("content")
-            else:
-                prompt, gold = messages, r.data.get(task.answer_field)
+        if task.template is None and "messages" in r.data:
+            messages = _messages(r, task)
+            # a conversation ending in an answer: that answer is the gold (unless one is given), never the prompt
+            prompt, gold = messages, r.data.get(task.answer_field)
+            if messages[-1]["role"] == "assistant":
+                prompt, gold = messages[:-1], gold if gold is not None else messages[-1]["content"]
+            if not prompt:
+                raise DataError(f"{r.where}: task '{task.name}': the conversation has no turn before the answer")
         else:
             prompt, gold = render(task.template, r, task.prompt_field, task), r.data.get(task.answer_field)
         if need_gold and gold is None:
@@ -162,12 +171,27 @@ def prompted(task: TaskConfig, need_gold: bool) -> Prompted:
                             f"(set answer_field to rename it); fields here: {_fields(r)}")
         if isinstance(gold, str) and "json" in task.metrics:
             gold = _maybe_json(gold)
+            if not isinstance(gold, dict):
+                raise DataError(f"{r.where}: task '{task.name}': metric json needs a JSON object as the gold "
+                                f"answer in '{task.answer_field}'; got {str(gold)[:80]!r}")
         reference = r.data.get(task.reference_field) if task.reference_field else None
         out.prompts.append(prompt)
         out.golds.append(gold)
         out.references.append(reference if isinstance(reference, str) else None)
-        out.records.append(r.data)
+        out.wheres.append(r.where)
     return out
+
+
+def _messages(record: Record, task: TaskConfig) -> list[dict]:
+    messages = record.data["messages"]
+    if not task.chat:
+        raise DataError(f"{record.where}: task '{task.name}' has chat: false, but this record is a 'messages' "
+                        "conversation; set chat: true, or give a text prompt")
+    if not (isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages)):
+        raise DataError(f"{record.where}: 'messages' must be a non-empty list of {{role, content}} turns")
+    return messages
 
 
 def _maybe_json(text: str) -> Any:
