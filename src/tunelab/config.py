@@ -233,24 +233,27 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def read_yaml(path: str | Path, sections: str = "model, data, train, method, objective") -> dict:
+    """A YAML config file as a mapping; ConfigError naming the file when it is missing or malformed."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections ({sections})")
+    return loaded or {}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
     """Read a YAML config (optional), apply `--set` overrides, resolve method/objective configs."""
     raw: dict = dict(base or {})
-    where = "config"
     if path is not None:
-        p = Path(path)
-        where = str(p)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping of sections (model, data, train, method, objective)")
-        raw = deep_merge(raw, loaded or {})
+        raw = deep_merge(raw, read_yaml(path))
     raw = deep_merge(raw, parse_overrides(overrides or []))
-    return resolve(raw, where)
+    return resolve(raw, str(path) if path is not None else "config")
 
 
 def resolve(raw: dict, where: str = "config") -> RunConfig:

@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tunelab.config import DEFAULT_MODEL, _Loader, deep_merge, from_dict, parse_overrides
+from tunelab.config import DEFAULT_MODEL, deep_merge, from_dict, parse_overrides, read_yaml
 from tunelab.errors import ConfigError
 from tunelab.eval.judge import JudgeConfig
 
@@ -141,20 +139,8 @@ def check(cfg: EvalConfig) -> EvalConfig:
 def load_eval_config(path: str | Path | None = None, overrides: list[str] | None = None,
                      base: dict[str, Any] | None = None) -> EvalConfig:
     """Read an eval YAML (optional), merge `base` (from CLI flags) and `--set` overrides, check it."""
-    raw: dict = {}
-    where = "eval config"
-    if path is not None:
-        p = Path(path)
-        where = str(p)
-        if not p.is_file():
-            raise ConfigError(f"{p}: eval config file not found")
-        try:
-            loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping with models, tasks, judge, harness")
-        raw = loaded or {}
+    raw = read_yaml(path, "models, tasks, judge, harness") if path is not None else {}
+    where = str(path) if path is not None else "eval config"
     raw = deep_merge(raw, base or {})
     raw = deep_merge(raw, parse_overrides(overrides or []))
     try:
