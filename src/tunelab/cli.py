@@ -17,30 +17,18 @@ def _decoding(args):
     from tunelab.infer import DecodingConfig
 
     return DecodingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop or [],
-                          seed=args.seed)
+                          top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                          presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                          num_beams=args.num_beams, stop=args.stop or [], seed=args.seed,
+                          logprobs=args.logprobs).check()
 
 
-def _load(args):
-    """Model for inference, in bfloat16 where the hardware computes it natively."""
-    from tunelab.models import load_adapters, load_model, load_run
-    from tunelab.training.precision import compute_dtype
+def _engine(args, max_batch_size: int = 16):
+    """The inference engine the model flags describe."""
+    from tunelab.infer.load import load_engine
 
-    dtype = compute_dtype("auto")
-    named = dict(a.split("=", 1) for a in args.adapter or [] if "=" in a)
-    if named:  # several adapters on one base: NAME=RUN pairs, --use picks one
-        if len(named) != len(args.adapter):
-            raise ConfigError("--adapter: with several adapters give each as NAME=RUN_FOLDER")
-        model, tokenizer = load_adapters(named, base=args.model, dtype=dtype)
-        if args.use and args.use not in named:
-            raise ConfigError(f"--use {args.use}: no adapter of that name; loaded: {', '.join(named)}")
-        model.set_adapter(args.use or next(iter(named)))
-        return model, tokenizer
-    if args.adapter:
-        if len(args.adapter) > 1:
-            raise ConfigError("--adapter: to load several adapters name them, e.g. --adapter a=runs/x --adapter b=runs/y")
-        return load_run(args.adapter[0], base=args.model, dtype=dtype)
-    return load_model(args.model or "smollm2-135m-instruct", dtype=dtype)
+    return load_engine(args.model, adapters=args.adapter, backend=args.backend, dtype=args.dtype,
+                       quantize=args.quantize, draft=args.draft, max_batch_size=max_batch_size, use=args.use)
 
 
 def cmd_train(args) -> int:
@@ -75,11 +63,12 @@ def cmd_data(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from dataclasses import replace
+
     from tunelab.data.readers import read_records
     from tunelab.errors import DataError
-    from tunelab.infer import generate
+    from tunelab.infer.engine import Request, generate
 
-    model, tokenizer = _load(args)
     records = list(read_records(args.input))
     prompts = []
     for r in records:
@@ -87,21 +76,68 @@ def cmd_generate(args) -> int:
         if not isinstance(prompt, (str, list)):
             raise DataError(f"{r.where}: needs a '{args.field}' string (or a 'messages' list)")
         prompts.append(prompt)
-    answers = generate(model, tokenizer, prompts, _decoding(args), batch_size=args.batch_size, system=args.system)
+    cfg, constraint = _decoding(args), _constraint(args)
+    engine = _engine(args, max_batch_size=args.batch_size)
+    try:
+        requests = [Request(p, replace(cfg, seed=None if cfg.seed is None else cfg.seed + i), chat=not args.raw,
+                            system=args.system, constraint=constraint) for i, p in enumerate(prompts)]
+        answers = generate(engine, requests)
+    finally:
+        engine.close()
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
         for r, answer in zip(records, answers):
-            f.write(json.dumps({**r.data, "output": answer}, ensure_ascii=False) + "\n")
+            row = {**r.data, "output": answer.text.strip(), "finish_reason": answer.finish_reason}
+            if answer.logprobs is not None:
+                row["logprobs"] = [lp.logprob for lp in answer.logprobs]
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     print(f"wrote {len(answers)} generations to {out}")
     return 0
+
+
+def _constraint(args):
+    from tunelab.infer.structured import Constraint
+
+    if args.json_schema:
+        path = Path(args.json_schema)
+        try:
+            return Constraint.json_schema(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"--json-schema {path}: cannot read a JSON schema from it ({e})") from None
+    if args.regex:
+        return Constraint.regex(args.regex)
+    if args.choice:
+        return Constraint.choice(args.choice)
+    return None
 
 
 def cmd_chat(args) -> int:
     from tunelab.infer.chat import chat_loop
 
-    model, tokenizer = _load(args)
-    chat_loop(model, tokenizer, _decoding(args), system=args.system)
+    engine = _engine(args, max_batch_size=1)
+    try:
+        chat_loop(engine, _decoding(args), system=args.system)
+    finally:
+        engine.close()
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from tunelab.serve import ServerConfig, load_embedder, serve
+
+    names = [a.split("=", 1)[0] for a in args.adapter or [] if "=" in a]
+    if args.adapter and len(names) != len(args.adapter):
+        raise ConfigError("--adapter: the server picks adapters by name; give each as NAME=RUN_FOLDER")
+    engine = _engine(args, max_batch_size=args.max_batch_size)
+    cfg = ServerConfig(served_name=args.served_name or args.model or "smollm2-135m-instruct",
+                       api_key=args.api_key or os.environ.get("TUNELAB_API_KEY") or None,
+                       max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
+                       max_body_bytes=args.max_body_bytes, max_concurrent=args.max_concurrent, timeout_s=args.timeout)
+    embedder = load_embedder(args.embedding_model)
+    print(f"serving {cfg.served_name}" + (f" with adapters {', '.join(names)}" if names else "")
+          + f" on http://{args.host}:{args.port}/v1" + (" (API key required)" if cfg.api_key else ""), flush=True)
+    serve(engine, cfg, host=args.host, port=args.port, embedder=embedder, embedding_name=args.embedding_model)
     return 0
 
 
@@ -204,9 +240,14 @@ def _decoding_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--presence-penalty", type=float, default=0.0)
+    p.add_argument("--frequency-penalty", type=float, default=0.0)
+    p.add_argument("--num-beams", type=int, default=1, help="beam search when above 1 (greedy)")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--logprobs", action="store_true", help="record each chosen token's log-probability")
     p.add_argument("--system", default=None, help="system prompt")
 
 
@@ -215,6 +256,11 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", action="append", help="a run folder (runs/NAME) whose adapter or model to use; "
                    "repeat as NAME=RUN to load several adapters on one base")
     p.add_argument("--use", default=None, help="with several named adapters: the one to generate with")
+    p.add_argument("--backend", default="transformers", help="transformers | llamacpp (GGUF) | vllm (GPU)")
+    p.add_argument("--dtype", default="auto", help="auto (bfloat16 where native) | bf16 | fp16 | fp32")
+    p.add_argument("--quantize", default=None, help="int8: weight-only int8 for faster CPU decoding")
+    p.add_argument("--draft", default=None, help="speculative decoding for greedy requests: ngram, layers:N or a "
+                   "draft model with the same tokenizer")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,7 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="JSONL with a 'prompt' field (or 'messages')")
     p.add_argument("--output", required=True)
     p.add_argument("--field", default="prompt")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="answers decoded together")
+    p.add_argument("--raw", action="store_true", help="continue the prompt text as is (no chat template)")
+    p.add_argument("--json-schema", default=None, help="a JSON schema file every answer must match")
+    p.add_argument("--regex", default=None, help="a regular expression every answer must match")
+    p.add_argument("--choice", action="append", help="an allowed answer (repeatable)")
     _decoding_flags(p)
     p.set_defaults(func=cmd_generate)
 
@@ -250,6 +300,22 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(p)
     _decoding_flags(p)
     p.set_defaults(func=cmd_chat, max_new_tokens=512)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat, completions, embeddings, adapters)")
+    _model_flags(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-name", default=None, help="the base model's name in requests (default the --model value)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set TUNELAB_API_KEY)")
+    p.add_argument("--embedding-model", default="all-minilm-l6-v2", help="sentence-transformers model for "
+                   "/v1/embeddings, or none")
+    p.add_argument("--max-batch-size", type=int, default=16, help="answers decoded together")
+    p.add_argument("--max-prompt-tokens", type=int, default=4096)
+    p.add_argument("--max-tokens", type=int, default=1024, help="the most new tokens a request may ask for")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000)
+    p.add_argument("--max-concurrent", type=int, default=64, help="requests answered at once; more get 429")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds before a request is cancelled (408)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="evaluate models side by side: perplexity, multiple choice, generation "
                        "metrics, LLM-as-judge, bias probe, lm-eval tasks")

@@ -28,7 +28,9 @@ def test_data_command_reports_stats(tiny_model_dir, tmp_path, capsys):
 
 
 def test_unknown_model_is_a_clear_error(tmp_path, capsys):
-    rc = main(["generate", "--model", str(tmp_path / "nope"), "--input", "x.jsonl", "--output", "y.jsonl"])
+    (tmp_path / "x.jsonl").write_text('{"prompt": "hi"}\n')
+    rc = main(["generate", "--model", str(tmp_path / "nope"), "--input", str(tmp_path / "x.jsonl"), "--output",
+               str(tmp_path / "y.jsonl")])
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "nope" in err and "Traceback" not in err

@@ -119,23 +119,19 @@ def generate_argv(runs, tiny_model_dir, prompts: Path, out: Path, use: str) -> l
             "--input", str(prompts), "--output", str(out), "--model", str(tiny_model_dir), "--max-new-tokens", "5"]
 
 
-def test_cli_generates_with_the_chosen_adapter(runs, tiny_model_dir, prompts, tmp_path, capsys, monkeypatch):
-    import tunelab.infer
+def test_cli_generates_with_the_chosen_adapter(runs, tiny_model_dir, prompts, tmp_path, capsys):
     from tunelab.cli import main
+    from tunelab.infer import DecodingConfig, generate
+    from tunelab.models import load_run
+    from tunelab.training.precision import compute_dtype
 
-    real_generate, active = tunelab.infer.generate, []
-
-    def spy(model, *args, **kwargs):
-        active.append(model.active_adapter)
-        return real_generate(model, *args, **kwargs)
-
-    monkeypatch.setattr(tunelab.infer, "generate", spy)
     out = tmp_path / "out.jsonl"
     assert main(generate_argv(runs, tiny_model_dir, prompts, out, "b")) == 0
-    assert active == ["b"]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["Repeat cat", "Spell dog", "Repeat a longer word"]
-    assert all(isinstance(r["output"], str) for r in rows)
+    model, tok = load_run(runs["b"], base=str(tiny_model_dir), dtype=compute_dtype("auto"))
+    alone = generate(model, tok, [r["prompt"] for r in rows], DecodingConfig(max_new_tokens=5))
+    assert [r["output"] for r in rows] == alone  # the answers are adapter b's
     assert "wrote 3 generations" in capsys.readouterr().out
 
 

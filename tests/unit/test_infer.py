@@ -4,6 +4,7 @@ import torch
 from rich.console import Console
 
 from tunelab.infer import DecodingConfig, generate
+from tunelab.infer.backends.transformers import TransformersEngine
 from tunelab.infer.chat import chat_loop
 from tunelab.infer.generate import cut_at_stop, generation_kwargs, prompt_text
 
@@ -57,15 +58,18 @@ def test_chat_loop_keeps_history_and_reset(tiny, monkeypatch):
     model, tok = tiny
     lines = iter(["hello", "again", "/reset", "/system be terse", "fresh", "/exit"])
     seen = []
-    real = model.generate
+    engine = TransformersEngine(model, tok, max_batch_size=1)
+    real = engine.prompt_ids
 
-    def spy(**kwargs):
-        seen.append(tok.decode(kwargs["input_ids"][0]))
-        return real(**kwargs)
+    def spy(request):
+        ids = real(request)
+        seen.append(tok.decode(ids))
+        return ids
 
-    monkeypatch.setattr(model, "generate", spy)
-    chat_loop(model, tok, DecodingConfig(max_new_tokens=4), console=Console(file=open("/dev/null", "w")),
+    monkeypatch.setattr(engine, "prompt_ids", spy)
+    chat_loop(engine, DecodingConfig(max_new_tokens=4), console=Console(file=open("/dev/null", "w")),
               read=lambda prompt: next(lines))
+    engine.close()
     assert len(seen) == 3
     assert "hello" in seen[1] and "again" in seen[1]  # second turn sees the first
     assert "hello" not in seen[2] and "be terse" in seen[2]  # after /reset and /system

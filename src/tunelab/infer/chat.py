@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import threading
-
 from rich.console import Console
 
-from tunelab.infer.generate import DecodingConfig, generation_kwargs, prompt_text
+from tunelab.infer.decoding import DecodingConfig
+from tunelab.infer.engine import Request, stream
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system prompt), /exit"
 
 
-def chat_loop(model, tokenizer, cfg: DecodingConfig, system: str | None = None, console: Console | None = None,
+def chat_loop(engine, cfg: DecodingConfig, system: str | None = None, console: Console | None = None,
               read=input) -> None:
-    """Read user lines, stream answers, keep history until /reset or /exit (or end of input)."""
-    from transformers import TextIteratorStreamer
+    """Read user lines, stream answers from `engine`, keep history until /reset or /exit (or end of input).
 
+    Ctrl-C during an answer stops that answer (and keeps what was said); at the prompt it exits.
+    """
     console = console or Console()
     history: list[dict] = []
     console.print(f"[dim]{HELP}[/dim]")
-    model.eval()
     while True:
         try:
             line = read("you> ").strip()
@@ -42,16 +41,15 @@ def chat_loop(model, tokenizer, cfg: DecodingConfig, system: str | None = None, 
             console.print(f"[dim]unknown command; {HELP}[/dim]")
             continue
         history.append({"role": "user", "content": line})
-        enc = tokenizer(prompt_text(tokenizer, history, system), return_tensors="pt", add_special_tokens=False)
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = {**enc.to(model.device), **generation_kwargs(model, tokenizer, cfg), "streamer": streamer}
-        worker = threading.Thread(target=model.generate, kwargs=kwargs, daemon=True)
-        worker.start()
         console.print("bot> ", end="")
         parts = []
-        for piece in streamer:
-            parts.append(piece)
-            console.print(piece, end="", markup=False, highlight=False)
-        worker.join()
+        try:
+            for delta in stream(engine, Request(list(history), cfg, system=system)):
+                parts.append(delta.text)
+                console.print(delta.text, end="", markup=False, highlight=False)
+                if delta.finish_reason == "length":
+                    console.print(" [dim](cut at --max-new-tokens)[/dim]", end="")
+        except KeyboardInterrupt:
+            console.print(" [dim](stopped)[/dim]", end="")
         console.print()
         history.append({"role": "assistant", "content": "".join(parts).strip()})

@@ -1,26 +1,15 @@
-"""Batched generation with the transformers backend: chat prompts, decoding options, stop strings."""
+"""Batched generation over many prompts, chat prompts, and `model.generate` options.
+
+`generate` is the short way to answer a list of prompts with a loaded model; it runs the
+transformers engine (continuous batching) under the hood.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-
-import torch
 
 from tunelab.data.templates import ensure_chat_template, eos_ids_for_generation
-
-
-@dataclass
-class DecodingConfig:
-    """How to pick tokens. temperature 0 means greedy."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
+from tunelab.infer.decoding import DecodingConfig
 
 
 def prompt_text(tokenizer, prompt: str | list[dict], system: str | None = None) -> str:
@@ -38,12 +27,13 @@ def generation_kwargs(model, tokenizer, cfg: DecodingConfig) -> dict:
     kwargs = dict(
         max_new_tokens=cfg.max_new_tokens,
         do_sample=sample,
+        num_beams=cfg.num_beams,
         repetition_penalty=cfg.repetition_penalty,
         eos_token_id=eos_ids_for_generation(tokenizer, model.generation_config.eos_token_id),
         pad_token_id=tokenizer.pad_token_id,
     )
     if sample:
-        kwargs.update(temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p)
+        kwargs.update(temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p, min_p=cfg.min_p or None)
     else:  # greedy: clear sampling defaults a model's generation_config may carry
         kwargs.update(temperature=None, top_k=None, top_p=None)
     if cfg.stop:
@@ -52,45 +42,37 @@ def generation_kwargs(model, tokenizer, cfg: DecodingConfig) -> dict:
 
 
 def cut_at_stop(text: str, stops: Iterable[str]) -> str:
-    """Drop everything from the first stop string on (generation may overshoot by a token)."""
+    """Drop everything from the first stop string on."""
     cut = min((i for s in stops if (i := text.find(s)) >= 0), default=len(text))
     return text[:cut]
 
 
-@torch.inference_mode()
 def generate(model, tokenizer, prompts: list[str | list[dict]], cfg: DecodingConfig | None = None,
-             batch_size: int = 16, system: str | None = None, chat: bool = True) -> list[str]:
-    """Generate one answer per prompt, batched with left padding.
+             batch_size: int = 16, system: str | None = None, chat: bool = True, constraint=None) -> list[str]:
+    """Generate one answer per prompt, batched (continuous batching with left padding).
 
     Args:
         prompts: user strings or message lists; with chat=False, raw text continued as is.
         system: system prompt added to prompts that have none.
+        constraint: a `tunelab.infer.structured.Constraint` every answer must match.
     Returns:
-        the answers as text, without the prompt and stop strings.
+        the answers as text, without the prompt and stop strings, stripped. With a seed,
+        prompt i samples with seed + i, so repeated prompts still differ and reruns agree.
     """
+    from dataclasses import replace
+
+    from tunelab.infer.backends.transformers import TransformersEngine
+    from tunelab.infer.engine import Request
+    from tunelab.infer.engine import generate as run_all
+
     cfg = cfg or DecodingConfig()
-    if cfg.seed is not None:
-        torch.manual_seed(cfg.seed)
-    texts = [prompt_text(tokenizer, p, system) if chat else p for p in prompts]
-    kwargs = generation_kwargs(model, tokenizer, cfg)
-    old_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     was_training = model.training
     model.eval()
-    answers: list[str] = [""] * len(texts)
+    engine = TransformersEngine(model, tokenizer, max_batch_size=batch_size)
     try:
-        # Longest first, so batches hold similar lengths and little padding.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = enc.to(model.device)
-            out = model.generate(**enc, **kwargs)
-            # a decoder's output repeats its prompt; an encoder-decoder's is the answer alone
-            start_of_answer = 0 if model.config.is_encoder_decoder else enc["input_ids"].shape[1]
-            for row, i in enumerate(idx):
-                text = tokenizer.decode(out[row, start_of_answer:], skip_special_tokens=True)
-                answers[i] = cut_at_stop(text, cfg.stop).strip() if cfg.stop else text.strip()
+        requests = [Request(p, replace(cfg, seed=None if cfg.seed is None else cfg.seed + i), chat=chat,
+                            system=system, constraint=constraint) for i, p in enumerate(prompts)]
+        return [c.text.strip() for c in run_all(engine, requests)]
     finally:
-        tokenizer.padding_side = old_side
+        engine.close()
         model.train(was_training)
-    return answers

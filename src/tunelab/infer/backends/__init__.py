@@ -1,0 +1,1 @@
+"""Inference backends, one file each: transformers (default), llama.cpp (GGUF), vLLM (GPU)."""

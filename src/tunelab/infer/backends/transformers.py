@@ -1,0 +1,347 @@
+"""The transformers backend: KV-cached decoding with continuous batching, CPU or GPU.
+
+One worker thread owns the model. Each step it prefills newly arrived requests (left-padded
+together), joins them to the running batch, and decodes one token for every running row.
+Every row picks its token under its own options, adapter and grammar, so a greedy request,
+a sampled one and a JSON-schema one share a forward pass. What this loop cannot run is
+handed to `model.generate` whole: beam search, encoder-decoder models, prompt-learning
+adapters (their virtual tokens change the cache), caches with sliding windows, and
+speculative decoding with a draft.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from tunelab.data.templates import eos_ids_for_generation
+from tunelab.errors import ConfigError
+from tunelab.infer.batching import KVBatch, supports_batching
+from tunelab.infer.decoding import TokenLogprob, TokenPicker
+from tunelab.infer.engine import Delta, Handle, Request
+from tunelab.infer.generate import generation_kwargs, prompt_text
+from tunelab.infer.text import TextStream
+
+log = logging.getLogger(__name__)
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class _Row:
+    """One answer in progress."""
+
+    handle: Handle
+    adapter: str
+    prompt_ids: list[int]
+    picker: TokenPicker
+    text: TextStream
+    max_new: int
+    matcher: object | None = None
+    generated: list[int] = field(default_factory=list)
+    pending_ids: list[int] = field(default_factory=list)  # picked but not yet emitted
+    pending_lps: list[TokenLogprob] = field(default_factory=list)
+    last: int = -1  # picked, not yet in the cache
+
+    @property
+    def position(self) -> int:
+        return len(self.prompt_ids) + len(self.generated) - 1
+
+
+class TransformersEngine:
+    """An `Engine` over a transformers model (optionally a peft model with named adapters).
+
+    Args:
+        max_batch_size: rows decoded together; more requests wait their turn.
+        prefill_tokens: padded prompt tokens prefilled in one step (bounds memory and latency).
+        draft: speculative decoding for greedy requests: a draft model sharing the tokenizer,
+            or "ngram" (prompt lookup); see `tunelab.infer.speculative`.
+        default_adapter: what a request naming no adapter gets (default: the active adapter).
+    """
+
+    name = "transformers"
+
+    def __init__(self, model, tokenizer, *, max_batch_size: int = 16, prefill_tokens: int = 4096, draft=None,
+                 default_adapter: str | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch_size, self.prefill_tokens, self.draft = max_batch_size, prefill_tokens, draft
+        self.eos = set(eos_ids_for_generation(tokenizer, model.generation_config.eos_token_id))
+        config = model.config
+        self.max_positions = getattr(config, "max_position_embeddings", None) or 1 << 30
+        peft_config = getattr(model, "peft_config", None) or {}
+        self.peft_adapters = list(peft_config)
+        # a request that names no adapter gets the active one (a run loaded alone); "__base__" is the base
+        self.default_adapter = default_adapter or (model.active_adapter if peft_config else BASE)
+        prompt_learning = any(c.is_prompt_learning for c in peft_config.values())
+        self.batching = (not config.is_encoder_decoder and not prompt_learning and supports_batching(config))
+        # peft runs a batch whose rows use different LoRA adapters in one forward; other kinds go one adapter at a time
+        self.mixed = bool(peft_config) and all(c.peft_type.value == "LORA" for c in peft_config.values())
+        base = model.get_base_model() if peft_config else model
+        self.logits_to_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self._grammars = None
+        self._kv = KVBatch()
+        self._rows: list[_Row] = []
+        self._waiting: deque[Handle] = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self._worker: threading.Thread | None = None
+        self.steps = 0  # decode steps run (for metrics)
+
+    # --- the Engine protocol ---
+
+    def prompt_ids(self, request: Request) -> list[int]:
+        if request.chat:
+            return self.tokenizer(prompt_text(self.tokenizer, request.prompt, request.system),
+                                  add_special_tokens=False)["input_ids"]
+        return self.tokenizer(request.prompt)["input_ids"]
+
+    def adapters(self) -> list[str]:
+        return list(self.peft_adapters)
+
+    def submit(self, request: Request, sink: Callable[[Delta], None] | None = None) -> Handle:
+        request.params.check()
+        if request.adapter and request.adapter not in self.peft_adapters + [BASE]:
+            raise ConfigError(f"adapter {request.adapter!r} is not loaded; loaded: {', '.join(self.peft_adapters) or 'none'}")
+        if request.constraint is not None and not self.batching:
+            raise ConfigError("structured output needs the batched decoder, which this model cannot use "
+                              "(encoder-decoder, prompt-learning adapter or sliding-window cache)")
+        handle = Handle(request, self.prompt_ids(request), sink)
+        if request.constraint is not None:  # compile now, so a bad schema fails the caller, not the worker
+            handle.matcher = self.grammars().matcher(request.constraint)
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._waiting.append(handle)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._loop, name="tunelab-engine", daemon=True)
+                self._worker.start()
+            self._cv.notify()
+        return handle
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if self._worker is not None:
+            self._worker.join()
+
+    def grammars(self):
+        if self._grammars is None:
+            from tunelab.infer.structured import Grammars
+
+            self._grammars = Grammars(self.tokenizer, self.vocab_size, sorted(self.eos))
+        return self._grammars
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(running rows, waiting requests)."""
+        return len(self._rows), len(self._waiting)
+
+    # --- the worker ---
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not (self._closed or self._waiting or self._rows):
+                        self._cv.wait()
+                    if self._closed:
+                        break
+                try:
+                    self._step()
+                except Exception as e:  # a bug or out of memory: fail what is in flight, keep serving
+                    log.exception("generation step failed")
+                    for row in self._rows:
+                        row.handle.emit(Delta("", [], finish_reason="error", error=f"{type(e).__name__}: {e}"))
+                    self._rows, self._kv = [], KVBatch()
+        for row in self._rows:
+            row.handle.emit(Delta("", [], finish_reason="cancelled"))
+        while self._waiting:
+            self._waiting.popleft().emit(Delta("", [], finish_reason="cancelled"))
+
+    def _step(self) -> None:
+        self._drop_cancelled()
+        whole = self._next_whole()
+        if whole is not None:
+            self._run_whole(whole)
+            return
+        new = self._admit()
+        if new:
+            self._prefill(new)
+        if self._rows:
+            self._decode()
+
+    def _next_whole(self) -> Handle | None:
+        with self._cv:
+            if self._waiting and self._needs_whole(self._waiting[0].request):
+                return self._waiting.popleft()
+        return None
+
+    def _needs_whole(self, request: Request) -> bool:
+        p = request.params
+        return not self.batching or p.num_beams > 1 or (self.draft is not None and p.greedy
+                                                        and request.constraint is None and not p.logprobs)
+
+    def _admit(self) -> list[Handle]:
+        """Waiting requests that fit this step (room in the batch, prefill budget, adapter rules)."""
+        taken, tokens = [], 0
+        with self._cv:
+            while self._waiting and len(self._rows) + len(taken) < self.max_batch_size:
+                h = self._waiting[0]
+                if self._needs_whole(h.request):
+                    break
+                longest = max([len(t.ids) for t in taken] + [len(h.ids)])
+                if taken and longest * (len(taken) + 1) > self.prefill_tokens:
+                    break
+                adapter = self._adapter(h)
+                if not self.mixed and ({r.adapter for r in self._rows} | {self._adapter(t) for t in taken}) - {adapter}:
+                    break  # this kind of adapter runs one at a time: wait until the batch drains
+                taken.append(self._waiting.popleft())
+                tokens = longest * len(taken)
+        return taken
+
+    def _adapter(self, handle: Handle) -> str:
+        return handle.request.adapter or self.default_adapter
+
+    def _forward(self, rows_adapters: list[str], **inputs):
+        names = set(rows_adapters)
+        if not self.peft_adapters:
+            return self.model(**inputs)
+        if names == {BASE}:
+            with self.model.disable_adapter():
+                return self.model(**inputs)
+        if len(names) == 1:
+            if self.model.active_adapter != rows_adapters[0]:
+                self.model.set_adapter(rows_adapters[0])
+            return self.model(**inputs)
+        return self.model(**inputs, adapter_names=rows_adapters)
+
+    def _prefill(self, handles: list[Handle]) -> None:
+        from transformers import DynamicCache
+
+        device = self.model.device
+        length = max(len(h.ids) for h in handles)
+        ids = torch.full((len(handles), length), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((len(handles), length), dtype=torch.long)
+        for i, h in enumerate(handles):
+            ids[i, length - len(h.ids):] = torch.tensor(h.ids)
+            mask[i, length - len(h.ids):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        extra = {"logits_to_keep": 1} if self.logits_to_keep else {}
+        out = self._forward([self._adapter(h) for h in handles], input_ids=ids, attention_mask=mask,
+                            position_ids=positions, past_key_values=cache, use_cache=True, **extra)
+        logits = out.logits[:, -1].float()
+        rows = [self._start(h) for h in handles]
+        keep = [i for i, row in enumerate(rows) if self._advance(row, logits[i])]
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, dtype=torch.long, device=device)
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+            mask = mask.index_select(0, index)
+        if keep:
+            self._kv.add(cache, mask)
+            self._rows += [rows[i] for i in keep]
+
+    def _start(self, handle: Handle) -> _Row:
+        request = handle.request
+        room = self.max_positions - len(handle.ids)
+        return _Row(handle, self._adapter(handle), handle.ids, TokenPicker(request.params, handle.ids, self.model.device),
+                    TextStream(self.tokenizer, request.params.stop), max(1, min(request.params.max_new_tokens, room)),
+                    handle.matcher)
+
+    def _decode(self) -> None:
+        rows = self._rows
+        device = self.model.device
+        tokens = torch.tensor([[r.last] for r in rows], device=device)
+        positions = torch.tensor([[r.position] for r in rows], device=device)
+        mask = self._kv.grow()
+        out = self._forward([r.adapter for r in rows], input_ids=tokens, attention_mask=mask, position_ids=positions,
+                            past_key_values=self._kv.cache, use_cache=True)
+        self.steps += 1
+        logits = out.logits[:, -1].float()
+        greedy = logits.argmax(-1).tolist()  # one batched argmax serves every plain greedy row
+        keep = [i for i, row in enumerate(rows) if self._advance(row, logits[i], greedy[i])]
+        self._kv.keep(keep)
+        self._rows = [rows[i] for i in keep]
+
+    def _advance(self, row: _Row, logits: torch.Tensor, argmax: int | None = None) -> bool:
+        """Pick and record one token for `row`; emit text; return False when the row finished."""
+        if row.handle.cancelled.is_set():
+            return self._finish(row, "cancelled")
+        params = row.handle.request.params
+        if argmax is not None and params.plain_argmax and row.matcher is None:
+            token, logprob = argmax, None
+        else:
+            token, logprob = row.picker.pick(logits, row.matcher.constrain if row.matcher else None)
+        if row.matcher is not None:
+            row.matcher.accept(token)
+        if logprob is not None:
+            row.pending_lps.append(logprob)
+        if (token in self.eos and not params.ignore_eos) or (row.matcher is not None and row.matcher.done):
+            return self._finish(row, "stop")
+        row.generated.append(token)
+        row.pending_ids.append(token)
+        row.last = token
+        piece = row.text.push(token)
+        if row.text.stopped:
+            return self._finish(row, "stop", piece)
+        if len(row.generated) >= row.max_new:
+            return self._finish(row, "length", piece)
+        if piece:
+            row.handle.emit(Delta(piece, row.pending_ids, row.pending_lps or None))
+            row.pending_ids, row.pending_lps = [], []
+        return True
+
+    def _finish(self, row: _Row, reason: str, piece: str = "") -> bool:
+        row.handle.emit(Delta(piece + row.text.finish(), row.pending_ids, row.pending_lps or None, reason))
+        return False
+
+    def _drop_cancelled(self) -> None:
+        with self._cv:
+            for h in [h for h in self._waiting if h.cancelled.is_set()]:
+                self._waiting.remove(h)
+                h.emit(Delta("", [], finish_reason="cancelled"))
+        if any(r.handle.cancelled.is_set() for r in self._rows):
+            keep = [i for i, r in enumerate(self._rows) if not r.handle.cancelled.is_set() or self._finish(r, "cancelled")]
+            self._kv.keep(keep)
+            self._rows = [self._rows[i] for i in keep]
+
+    def _run_whole(self, handle: Handle) -> None:
+        """One request through `model.generate` (beam search, encoder-decoder, speculative...)."""
+        request = handle.request
+        params = request.params
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        ids = torch.tensor([handle.ids], device=self.model.device)
+        kwargs = generation_kwargs(self.model, self.tokenizer, params)
+        if self.draft is not None and params.greedy and params.num_beams == 1:
+            from tunelab.infer.speculative import draft_kwargs
+
+            kwargs.update(draft_kwargs(self.draft))
+        adapter = self._adapter(handle)
+        if self.peft_adapters and adapter != BASE and self.model.active_adapter != adapter:
+            self.model.set_adapter(adapter)
+        with self.model.disable_adapter() if self.peft_adapters and adapter == BASE else _nothing():
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+        start = 0 if self.model.config.is_encoder_decoder else ids.shape[1]
+        tokens = [t for t in out[0, start:].tolist() if t not in self.eos and t != self.tokenizer.pad_token_id]
+        text = TextStream(self.tokenizer, params.stop)
+        pieces = [text.push(t) for t in tokens]
+        reason = "stop" if text.stopped or len(tokens) < params.max_new_tokens else "length"
+        handle.emit(Delta("".join(pieces) + text.finish(), tokens, finish_reason=reason))
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
