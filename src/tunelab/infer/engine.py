@@ -62,8 +62,10 @@ class Completion:
 class Handle:
     """A submitted request: deltas flow to `sink`; `cancel()` frees its batch slot at the next step."""
 
-    def __init__(self, request: Request, prompt_ids: list[int], sink: Callable[[Delta], None] | None = None):
+    def __init__(self, request: Request, prompt_ids: list[int], sink: Callable[[Delta], None] | None = None,
+                 drive: Callable[[], None] | None = None):
         self.request = request
+        self.drive = drive  # runs one engine step; set when the waiting consumer must run the engine itself
         self.ids = prompt_ids
         self.prompt_tokens = len(prompt_ids)
         self.matcher = None  # the grammar matcher of a constrained request
@@ -80,6 +82,9 @@ class Handle:
     def deltas(self) -> Iterator[Delta]:
         """Deltas until the last one (only for handles without a custom sink)."""
         while True:
+            if self.drive is not None:
+                while self._queue.empty():
+                    self.drive()
             delta = self._queue.get()
             yield delta
             if delta.finish_reason:

@@ -44,15 +44,16 @@ class Int8Linear(nn.Module):
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace every nn.Linear of `model` (the output head included) by an Int8Linear, in place.
 
-    Raises ConfigError on a GPU model (this path is for CPUs) or a model with adapters
-    (merge them first: the adapter's layers wrap the linear layers).
+    LoRA adapters stay in full precision: their base layers are quantized, their small A/B
+    matrices are not, so several adapters still switch per request on the int8 base.
+    Raises ConfigError on a GPU model (this path is for CPUs).
     """
     if next(model.parameters()).device.type != "cpu":
         raise ConfigError("quantize int8 is the CPU decoding path; on a GPU use bf16 or the vLLM backend")
-    if getattr(model, "peft_config", None):
-        raise ConfigError("quantize int8 with adapters: merge the adapter into the model first")
-    for module in list(model.modules()):
+    for qualified, module in list(model.named_modules()):
+        if ".lora_" in f".{qualified}":
+            continue
         for name, child in list(module.named_children()):
-            if type(child) is nn.Linear:
+            if type(child) is nn.Linear and not name.startswith("lora_"):
                 setattr(module, name, Int8Linear(child))
     return model

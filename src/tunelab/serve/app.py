@@ -47,8 +47,13 @@ class ServerConfig:
     max_embedding_inputs: int = 256
 
 
-def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding_name: str | None = None) -> FastAPI:
-    """The FastAPI app serving `engine` (and `embedder`, a SentenceTransformer, for /v1/embeddings)."""
+def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding_name: str | None = None,
+               start_engine: bool = True) -> FastAPI:
+    """The FastAPI app serving `engine` (and `embedder`, a SentenceTransformer, for /v1/embeddings).
+
+    start_engine: run the engine's loop in a background thread at startup (`serve` runs it on
+    the main thread instead).
+    """
     cfg = cfg or ServerConfig()
     metrics = Metrics(engine)
     state = {"in_flight": 0}
@@ -58,6 +63,8 @@ def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding
 
     @asynccontextmanager
     async def lifespan(app):
+        if start_engine and hasattr(engine, "start"):
+            engine.start()
         yield
         await asyncio.to_thread(engine.close)  # uvicorn has let the streams in flight finish by now
 

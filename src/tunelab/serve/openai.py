@@ -28,7 +28,8 @@ def decoding(body: Sampling, max_tokens: int | None, logprobs: bool = False, top
     return DecodingConfig(max_new_tokens=max_tokens or 256, temperature=body.temperature, top_k=body.top_k,
                           top_p=body.top_p, min_p=body.min_p, repetition_penalty=body.repetition_penalty,
                           presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-                          stop=body.stop, seed=body.seed, logprobs=logprobs, top_logprobs=top_logprobs)
+                          stop=body.stop, seed=body.seed, logprobs=logprobs, top_logprobs=top_logprobs,
+                          ignore_eos=body.ignore_eos)
 
 
 def constraint(body: Sampling) -> Constraint | None:

@@ -37,6 +37,7 @@ class Sampling(_Body):
     stream_options: StreamOptions | None = None
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
+    ignore_eos: bool = False  # keep going past the end-of-answer token (benchmarks)
 
     @field_validator("stop")
     @classmethod

@@ -1,12 +1,19 @@
 """The transformers backend: KV-cached decoding with continuous batching, CPU or GPU.
 
-One worker thread owns the model. Each step it prefills newly arrived requests (left-padded
-together), joins them to the running batch, and decodes one token for every running row.
+Each step prefills newly arrived requests (left-padded together), joins them to the
+running batch, and decodes one token for every running row.
 Every row picks its token under its own options, adapter and grammar, so a greedy request,
 a sampled one and a JSON-schema one share a forward pass. What this loop cannot run is
 handed to `model.generate` whole: beam search, encoder-decoder models, prompt-learning
 adapters (their virtual tokens change the cache), caches with sliding windows, and
 speculative decoding with a draft.
+
+Which thread runs the steps matters on a CPU: torch's OpenMP pool belongs to the thread
+that first used it, and a second thread doing the heavy work gets a second pool, which
+libgomp then throttles (measured here: 27 instead of 47 tokens/s). So the steps run on
+the thread that loaded the model: the server's main thread (`run_forever`), or, in batch
+jobs and chat, the caller waiting on its answer. `start()` gives a background thread for
+embedding the engine where neither fits.
 """
 
 from __future__ import annotations
@@ -91,6 +98,8 @@ class TransformersEngine:
         self._cv = threading.Condition()
         self._closed = False
         self._worker: threading.Thread | None = None
+        self._looping = False
+        self._step_lock = threading.Lock()
         self.steps = 0  # decode steps run (for metrics)
 
     # --- the Engine protocol ---
@@ -111,25 +120,46 @@ class TransformersEngine:
         if request.constraint is not None and not self.batching:
             raise ConfigError("structured output needs the batched decoder, which this model cannot use "
                               "(encoder-decoder, prompt-learning adapter or sliding-window cache)")
-        handle = Handle(request, self.prompt_ids(request), sink)
-        if request.constraint is not None:  # compile now, so a bad schema fails the caller, not the worker
+        # with no loop running, whoever waits on a handle runs the steps (see the module notes)
+        handle = Handle(request, self.prompt_ids(request), sink, drive=None if self._looping else self._drive)
+        if request.constraint is not None:  # compile now, so a bad schema fails the caller, not the loop
             handle.matcher = self.grammars().matcher(request.constraint)
         with self._cv:
             if self._closed:
                 raise RuntimeError("the engine is closed")
             self._waiting.append(handle)
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._loop, name="tunelab-engine", daemon=True)
-                self._worker.start()
             self._cv.notify()
         return handle
 
     def close(self) -> None:
+        """Stop the loop; answers in flight end with finish_reason 'cancelled'."""
         with self._cv:
             self._closed = True
             self._cv.notify()
-        if self._worker is not None:
+        if self._worker is not None and self._worker is not threading.current_thread():
             self._worker.join()
+        with self._step_lock:
+            self._cancel_all()
+
+    def run_forever(self) -> None:
+        """Run steps in this thread until `close()`: the server runs this on its main thread."""
+        self._looping = True
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not (self._closed or self._waiting or self._rows):
+                        self._cv.wait()
+                    if self._closed:
+                        return
+                with self._step_lock:
+                    self._safe_step()
+
+    def start(self) -> None:
+        """Run the loop in a background thread (for callers that cannot give it their own thread)."""
+        if self._worker is None:
+            self._looping = True
+            self._worker = threading.Thread(target=self.run_forever, name="tunelab-engine", daemon=True)
+            self._worker.start()
 
     def grammars(self):
         if self._grammars is None:
@@ -145,25 +175,30 @@ class TransformersEngine:
 
     # --- the worker ---
 
-    def _loop(self) -> None:
-        with torch.inference_mode():
-            while True:
-                with self._cv:
-                    while not (self._closed or self._waiting or self._rows):
-                        self._cv.wait()
-                    if self._closed:
-                        break
-                try:
-                    self._step()
-                except Exception as e:  # a bug or out of memory: fail what is in flight, keep serving
-                    log.exception("generation step failed")
-                    for row in self._rows:
-                        row.handle.emit(Delta("", [], finish_reason="error", error=f"{type(e).__name__}: {e}"))
-                    self._rows, self._kv = [], KVBatch()
+    def _drive(self) -> None:
+        """One step, run by a consumer waiting on its handle when no loop is running."""
+        with self._step_lock, torch.inference_mode():
+            if self._closed:
+                self._cancel_all()
+            elif self._waiting or self._rows:
+                self._safe_step()
+
+    def _safe_step(self) -> None:
+        try:
+            self._step()
+        except Exception as e:  # a bug or out of memory: fail what is in flight, keep serving
+            log.exception("generation step failed")
+            for row in self._rows:
+                row.handle.emit(Delta("", [], finish_reason="error", error=f"{type(e).__name__}: {e}"))
+            self._rows, self._kv = [], KVBatch()
+
+    def _cancel_all(self) -> None:
         for row in self._rows:
             row.handle.emit(Delta("", [], finish_reason="cancelled"))
-        while self._waiting:
-            self._waiting.popleft().emit(Delta("", [], finish_reason="cancelled"))
+        self._rows, self._kv = [], KVBatch()
+        with self._cv:
+            while self._waiting:
+                self._waiting.popleft().emit(Delta("", [], finish_reason="cancelled"))
 
     def _step(self) -> None:
         self._drop_cancelled()

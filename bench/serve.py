@@ -1,0 +1,220 @@
+"""Inference speed, each figure a ratio against a baseline measured in the same run.
+
+(a) single-stream decode tokens/s: the engine (its defaults, bfloat16 here; and --quantize
+    int8) against plain `model.generate` of transformers with default settings (float32,
+    greedy), same model, same prompts, 128 new tokens each.
+(b) aggregate tokens/s of 8 concurrent clients against 1 client, both against
+    `tunelab serve` (a separate process) through the official openai package.
+(c) the llama.cpp backend against llama-cpp-python called directly, same GGUF, same prompts.
+
+    python bench/serve.py                 # all three, about 6 minutes on 2 CPU cores
+    python bench/serve.py --parts a       # one part
+
+The last line: decode_ratio_vs_hf=<x> concurrency_ratio_8v1=<x> llamacpp_ratio=<x>
+(and the int8 ratio, the absolute tokens/s and the outputs' agreement, for the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import torch
+
+PROMPTS = [
+    "Write a short story about a robot who learns to paint.",
+    "Explain how a refrigerator works.",
+    "Describe a walk through a busy market in the morning.",
+    "List ideas for a birthday party for a ten-year-old, with details.",
+]
+NEW_TOKENS = 128
+MODEL = "smollm2-135m-instruct"
+
+
+def part_a() -> dict:
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.infer import DecodingConfig, Request
+    from tunelab.infer.engine import generate
+    from tunelab.infer.generate import prompt_text
+    from tunelab.infer.load import load_engine
+    from tunelab.models import load_tokenizer, resolve
+
+    folder = resolve(MODEL)
+    tokenizer = load_tokenizer(folder)
+    model = AutoModelForCausalLM.from_pretrained(str(folder))  # transformers' defaults: float32
+    encoded = [tokenizer(prompt_text(tokenizer, p), return_tensors="pt", add_special_tokens=False) for p in PROMPTS]
+
+    def hf() -> tuple[float, list]:
+        out, start = [], time.perf_counter()
+        for enc in encoded:
+            ids = model.generate(**enc, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+            out.append(ids[0, enc["input_ids"].shape[1]:].tolist())
+        return len(PROMPTS) * NEW_TOKENS / (time.perf_counter() - start), out
+
+    def engine_rate(engine) -> tuple[float, list]:
+        cfg = DecodingConfig(max_new_tokens=NEW_TOKENS, ignore_eos=True)
+        generate(engine, [Request(PROMPTS[0], DecodingConfig(max_new_tokens=8))])  # warm-up
+        out, start = [], time.perf_counter()
+        for p in PROMPTS:  # one at a time: single-stream decoding
+            out.append(generate(engine, [Request(p, cfg)])[0].token_ids)
+        return len(PROMPTS) * NEW_TOKENS / (time.perf_counter() - start), out
+
+    with torch.inference_mode():
+        model.generate(**encoded[0], max_new_tokens=8)  # warm-up
+        base, base_ids = hf()
+    engine = load_engine(MODEL)
+    ours, ours_ids = engine_rate(engine)
+    engine.close()
+    int8 = load_engine(MODEL, quantize="int8")
+    ours8, ours8_ids = engine_rate(int8)
+    int8.close()
+    engine32 = load_engine(MODEL, dtype="fp32")  # same dtype as the baseline: what the loop alone gives
+    ours32, ours32_ids = engine_rate(engine32)
+    engine32.close()
+
+    quality = _int8_quality()
+
+    def agree(a, b):  # share of the first 32 tokens identical
+        return sum(x[:32] == y[:32] for x, y in zip(a, b)) / len(a)
+
+    print(f"(a) transformers generate fp32: {base:.1f} tok/s | engine bf16: {ours:.1f} | engine int8: {ours8:.1f} | "
+          f"engine fp32: {ours32:.1f}; first-32-token agreement with generate: fp32 {agree(base_ids, ours32_ids):.2f} "
+          f"bf16 {agree(base_ids, ours_ids):.2f} int8 {agree(base_ids, ours8_ids):.2f}", flush=True)
+    return {"decode_ratio_vs_hf": ours / base, "decode_int8_ratio_vs_hf": ours8 / base,
+            "decode_fp32_ratio_vs_hf": ours32 / base, "hf_tok_s": base, "engine_tok_s": ours,
+            "engine_int8_tok_s": ours8, "fp32_identical": agree(base_ids, ours32_ids), **quality}
+
+
+def _int8_quality(chars: int = 40_000) -> dict:
+    """Perplexity on the start of wikitext-2 (../shared/data), bfloat16 weights vs int8 weights."""
+    from pathlib import Path
+
+    from tunelab.eval.perplexity import document_nll, perplexity_metrics
+    from tunelab.infer.quantize import quantize_int8
+    from tunelab.models import load_model
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2" / "valid.txt"
+    if not path.is_file():
+        print(f"(a) int8 quality skipped: {path} is missing", flush=True)
+        return {}
+    docs = [path.read_text(encoding="utf-8")[:chars]]
+    model, tokenizer = load_model(MODEL, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        bf16 = perplexity_metrics(docs, document_nll(model, tokenizer, docs, 512, 512))["perplexity"]
+        int8 = perplexity_metrics(docs, document_nll(quantize_int8(model), tokenizer, docs, 512, 512))["perplexity"]
+    print(f"(a) wikitext-2 perplexity ({chars} characters): bf16 {bf16:.3f}, int8 {int8:.3f}", flush=True)
+    return {"int8_ppl_rel_diff": int8 / bf16 - 1}
+
+
+def part_b(requests_per_client: int = 4, max_tokens: int = 64) -> dict:
+    import openai
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "serve", "--port", str(port), "--embedding-model",
+                             "none"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600)
+        deadline = time.time() + 180
+        while True:
+            try:
+                client.models.list()
+                break
+            except openai.APIConnectionError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("tunelab serve did not start") from None
+                time.sleep(0.5)
+
+        def client_run(k: int, tokens: list) -> None:
+            for i in range(requests_per_client):
+                out = client.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": PROMPTS[(k + i) % len(PROMPTS)]}],
+                    max_tokens=max_tokens, temperature=0, extra_body={"ignore_eos": True})
+                tokens.append(out.usage.completion_tokens)
+
+        def rate(clients: int) -> float:
+            tokens: list[int] = []
+            threads = [threading.Thread(target=client_run, args=(k, tokens)) for k in range(clients)]
+            start = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return sum(tokens) / (time.perf_counter() - start)
+
+        rate(1)  # warm-up
+        one, eight = rate(1), rate(8)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    print(f"(b) tunelab serve, {max_tokens} tokens per request: 1 client {one:.1f} tok/s, 8 clients {eight:.1f} tok/s",
+          flush=True)
+    return {"concurrency_ratio_8v1": eight / one, "serve_1_tok_s": one, "serve_8_tok_s": eight}
+
+
+def part_c() -> dict:
+    try:
+        import llama_cpp
+    except ImportError:
+        print("(c) skipped: llama-cpp-python is not installed (see README: the llamacpp extra)", flush=True)
+        return {"llamacpp_ratio": float("nan")}
+    from tunelab.infer import DecodingConfig, Request
+    from tunelab.infer.backends.llamacpp import LlamaCppEngine, find_gguf
+    from tunelab.infer.engine import generate
+
+    path = str(find_gguf(MODEL))
+    threads = os.cpu_count()
+    direct = llama_cpp.Llama(model_path=path, n_ctx=1024, n_threads=threads, verbose=False)
+    texts = []
+
+    def direct_rate() -> float:
+        tokens, start = 0, time.perf_counter()
+        for p in PROMPTS:
+            out = direct.create_chat_completion(messages=[{"role": "user", "content": p}], max_tokens=NEW_TOKENS,
+                                                temperature=0)
+            tokens += out["usage"]["completion_tokens"]
+            texts.append(out["choices"][0]["message"]["content"])
+        return tokens / (time.perf_counter() - start)
+
+    engine = LlamaCppEngine(path, n_ctx=1024, n_threads=threads)
+
+    def engine_rate() -> float:
+        tokens, start = 0, time.perf_counter()
+        for p in PROMPTS:
+            tokens += len(generate(engine, [Request(p, DecodingConfig(max_new_tokens=NEW_TOKENS))])[0].token_ids)
+        return tokens / (time.perf_counter() - start)
+
+    direct_rate(), engine_rate()  # warm-up
+    rates = [(direct_rate(), engine_rate()) for _ in range(2)]  # interleaved, so drift hits both
+    base, ours = sum(r[0] for r in rates) / 2, sum(r[1] for r in rates) / 2
+    engine.close()
+    print(f"(c) llama-cpp-python direct: {base:.1f} tok/s | tunelab llamacpp backend: {ours:.1f} tok/s", flush=True)
+    return {"llamacpp_ratio": ours / base, "llamacpp_direct_tok_s": base, "llamacpp_engine_tok_s": ours}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="a,b,c")
+    args = parser.parse_args()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    figures: dict = {}
+    for part in args.parts.split(","):
+        figures.update({"a": part_a, "b": part_b, "c": part_c}[part.strip()]())
+    head = ["decode_ratio_vs_hf", "concurrency_ratio_8v1", "llamacpp_ratio"]
+    rest = [k for k in figures if k not in head]
+    print(" ".join(f"{k}={figures[k]:.2f}" for k in head + rest if k in figures))
+
+
+if __name__ == "__main__":
+    main()
