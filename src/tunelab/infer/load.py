@@ -9,7 +9,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def load_engine(model: str | None = None, *, adapters: list[str] | dict[str, str] | None = None,
-                backend: str = "transformers", dtype: str = "auto", quantize: str | None = None,
+                backend: str = "transformers", dtype: str = "auto", quantize: str | None = "auto",
                 draft: str | None = None, max_batch_size: int = 16, use: str | None = None):
     """An engine for `model` (alias, folder, .gguf, Hub id; default the packaged SmolLM2).
 
@@ -18,7 +18,8 @@ def load_engine(model: str | None = None, *, adapters: list[str] | dict[str, str
             several LoRA adapters on the one base; requests pick them by name.
         backend: transformers (CPU or GPU), llamacpp (a GGUF file) or vllm (GPU).
         dtype: auto (bfloat16 where the hardware computes it natively), bf16, fp16 or fp32.
-        quantize: None or "int8" (weight-only, CPU; transformers backend).
+        quantize: "auto" (int8 when dtype is auto and the CPU computes bfloat16 natively: about
+            twice the decode speed of bfloat16 for +0.1% perplexity; otherwise none), "int8" or None.
         draft: speculative decoding: "ngram", "layers:N" or a draft model (transformers backend).
         use: with several adapters, the one a request naming none gets (default: the base).
     """
@@ -26,12 +27,12 @@ def load_engine(model: str | None = None, *, adapters: list[str] | dict[str, str
     if backend == "llamacpp":
         from tunelab.infer.backends.llamacpp import LlamaCppEngine, find_gguf
 
-        _refuse(backend, adapters=adapters, quantize=quantize, draft=draft)
+        _refuse(backend, adapters=adapters, quantize=None if quantize == "auto" else quantize, draft=draft)
         return LlamaCppEngine(find_gguf(model or DEFAULT_MODEL))
     if backend == "vllm":
         from tunelab.infer.backends.vllm import VLLMEngine
 
-        _refuse(backend, quantize=quantize, draft=draft)
+        _refuse(backend, quantize=None if quantize == "auto" else quantize, draft=draft)
         if adapters and not named:
             raise ConfigError("--backend vllm: name the adapter, e.g. --adapter tuned=runs/my-run")
         return VLLMEngine(model or DEFAULT_MODEL, adapters=named or None, dtype="auto" if dtype == "auto" else _DTYPES[dtype])
@@ -67,6 +68,9 @@ def _transformers_engine(model, adapters, named, dtype, quantize, draft, max_bat
 
     if torch.cuda.is_available():
         net = net.to("cuda")
+    if quantize == "auto":
+        cpu_bf16 = dtype == "auto" and torch_dtype == torch.bfloat16 and not torch.cuda.is_available()
+        quantize = "int8" if cpu_bf16 else None
     if quantize == "int8":
         from tunelab.infer.quantize import quantize_int8
 
