@@ -330,3 +330,27 @@ def test_sigterm_lets_the_stream_in_flight_finish(tiny_model_dir):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.slow
+def test_llamacpp_backend_behind_the_same_server():
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is an optional extra (see README)")
+    engine = load_engine("smollm2-135m-instruct", backend="llamacpp")
+    srv = Server(create_app(engine, ServerConfig(served_name="smollm2-135m-instruct")))
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+        out = client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=12, temperature=0,
+                                             messages=[{"role": "user", "content": "What is the capital of France?"}],
+                                             logprobs=True, top_logprobs=2)
+        assert out.choices[0].message.content and out.choices[0].logprobs.content[0].logprob <= 0
+        streamed = client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=12, temperature=0,
+                                                  messages=[{"role": "user", "content": "What is the capital of France?"}],
+                                                  stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in streamed) == out.choices[0].message.content
+        schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+        fmt = {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}
+        answer = client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=40, response_format=fmt,
+                                                messages=[{"role": "user", "content": "Name a city."}])
+        assert "city" in json.loads(answer.choices[0].message.content)
+    finally:
+        srv.stop()

@@ -21,7 +21,7 @@ def load_engine(model: str | None = None, *, adapters: list[str] | dict[str, str
         quantize: "auto" (int8 when dtype is auto and the CPU computes bfloat16 natively: about
             twice the decode speed of bfloat16 for +0.1% perplexity; otherwise none), "int8" or None.
         draft: speculative decoding: "ngram", "layers:N" or a draft model (transformers backend).
-        use: with several adapters, the one a request naming none gets (default: the base).
+        use: with several adapters, the one a request naming none gets (default: the first).
     """
     named = _named(adapters)
     if backend == "llamacpp":
@@ -42,7 +42,7 @@ def load_engine(model: str | None = None, *, adapters: list[str] | dict[str, str
 
 
 def _transformers_engine(model, adapters, named, dtype, quantize, draft, max_batch_size, use):
-    from tunelab.infer.backends.transformers import BASE, TransformersEngine
+    from tunelab.infer.backends.transformers import TransformersEngine
     from tunelab.infer.speculative import make_draft
     from tunelab.models import load_adapters, load_model, load_run
     from tunelab.training.precision import compute_dtype
@@ -53,7 +53,7 @@ def _transformers_engine(model, adapters, named, dtype, quantize, draft, max_bat
         net, tokenizer = load_adapters(named, base=model, dtype=torch_dtype)
         if use and use not in named:
             raise ConfigError(f"--use {use}: no adapter of that name; loaded: {', '.join(named)}")
-        default = use or BASE
+        default = use or next(iter(named))
     elif adapters:
         runs = [adapters] if isinstance(adapters, str) else list(adapters)
         if len(runs) > 1:

@@ -66,7 +66,7 @@ def make_draft(spec: str | None, target, dtype=None):
             raise ConfigError(f"--draft {spec}: write layers:N with N a whole number") from None
     from tunelab.models import load_model
 
-    draft, tokenizer = load_model(spec, dtype=dtype or target.dtype)
+    draft, _ = load_model(spec, dtype=dtype or target.dtype)
     if draft.get_output_embeddings().weight.shape[0] != target.get_output_embeddings().weight.shape[0]:
         raise ConfigError(f"--draft {spec}: its vocabulary differs from the target's; a draft must share the "
                           "tokenizer (or use --draft ngram / layers:N)")

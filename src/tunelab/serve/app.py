@@ -27,7 +27,11 @@ from starlette.exceptions import HTTPException
 from tunelab.errors import ConfigError
 from tunelab.serve import openai as oa
 from tunelab.serve.metrics import Metrics
-from tunelab.serve.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from tunelab.serve.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
 
 log = logging.getLogger(__name__)
 BASE = "__base__"

@@ -89,6 +89,7 @@ class LlamaCppEngine:
         except ValueError as e:  # llama.cpp could not read the file
             raise ModelError(f"{self.path}: llama.cpp cannot load it ({e})") from None
         self.n_ctx = n_ctx
+        self.tokenizer = _Detokenizer(self.llm)  # the server spells log-prob tokens with it
         vocab = self.llm._model.vocab
         self.eog = {i for i in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, i)}
         bos, eos = (self._piece(self.llm.token_bos()), self._piece(self.llm.token_eos()))

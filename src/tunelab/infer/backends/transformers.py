@@ -225,7 +225,7 @@ class TransformersEngine:
 
     def _admit(self) -> list[Handle]:
         """Waiting requests that fit this step (room in the batch, prefill budget, adapter rules)."""
-        taken, tokens = [], 0
+        taken = []
         with self._cv:
             while self._waiting and len(self._rows) + len(taken) < self.max_batch_size:
                 h = self._waiting[0]
@@ -238,7 +238,6 @@ class TransformersEngine:
                 if not self.mixed and ({r.adapter for r in self._rows} | {self._adapter(t) for t in taken}) - {adapter}:
                     break  # this kind of adapter runs one at a time: wait until the batch drains
                 taken.append(self._waiting.popleft())
-                tokens = longest * len(taken)
         return taken
 
     def _adapter(self, handle: Handle) -> str:
