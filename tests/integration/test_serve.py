@@ -227,6 +227,13 @@ def test_missing_or_wrong_key_is_401(server, key):
     (json.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * 30_000}]}).encode(), 413, "bytes"),
     (json.dumps({**CHAT, "response_format": {"type": "json_schema", "json_schema": {
         "name": "x", "schema": {"type": "nonsense-type"}}}}).encode(), 400, "json_schema"),
+    (json.dumps({**CHAT, "seed": 2**64}).encode(), 400, "seed"),
+    (json.dumps({**CHAT, "guided_choice": ["", "a"]}).encode(), 400, "choice"),
+    (json.dumps({**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}).encode(), 400,
+     "string"),
+    (json.dumps({**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).encode(), 400,
+     "image_url"),
+    (json.dumps({**CHAT, "n": 50}).encode(), 400, "n"),
 ])
 def test_bad_requests_get_openai_errors_and_the_server_lives_on(server, raw, status, needle):
     got, body = post(server, "/v1/chat/completions", None, raw=raw)
@@ -234,6 +241,20 @@ def test_bad_requests_get_openai_errors_and_the_server_lives_on(server, raw, sta
     assert set(body["error"]) >= {"message", "type", "param", "code"} and needle in json.dumps(body), body
     assert post(server, "/health", None, method="GET", raw=b"")[0] == 200
     assert post(server, "/v1/chat/completions", CHAT)[0] == 200
+
+
+def test_completion_refusals_and_an_empty_prompt(server):
+    status, body = post(server, "/v1/completions", {"model": "tiny", "prompt": ["x"] * 20, "n": 4, "max_tokens": 2})
+    assert status == 400 and "at most" in body["error"]["message"]
+    status, body = post(server, "/v1/completions", {"model": "tiny", "prompt": "", "max_tokens": 3})
+    assert status == 200 and body["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_a_stop_string_cannot_cut_a_structured_answer(client):
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}
+    out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "A person"}],
+                                         max_tokens=256, temperature=1.0, seed=3, response_format=fmt, stop=["}", ","])
+    assert json.loads(out.choices[0].message.content)["address"]
 
 
 def test_unknown_route_and_method_are_json_errors(server):

@@ -110,6 +110,7 @@ def test_logprobs_are_the_models_own(model_tok):
     with torch.no_grad():
         logits = model(torch.tensor([prompt + out.token_ids])).logits[0, len(prompt) - 1:-1].float()
     expected = torch.log_softmax(logits, -1)
+    assert len(out.logprobs) == len(out.token_ids)  # the end token is not reported
     for k, lp in enumerate(out.logprobs):
         assert lp.token_id == out.token_ids[k] and lp.logprob == pytest.approx(float(expected[k, lp.token_id]), abs=1e-4)
         assert [t for t, _ in lp.top] == expected[k].topk(3).indices.tolist()
@@ -122,6 +123,25 @@ def test_beam_search_matches_transformers(model_tok):
     enc = tok(prompt_text(tok, "hello"), return_tensors="pt", add_special_tokens=False)
     ref = model.generate(**enc, **generation_kwargs(model, tok, cfg))[0, enc.input_ids.shape[1]:].tolist()
     assert out.token_ids == [t for t in ref if t not in (tok.eos_token_id, tok.pad_token_id)]
+
+
+def test_a_tiny_temperature_is_greedy_not_an_error(model_tok):
+    model, tok = model_tok
+    greedy = answers(TransformersEngine(model, tok), ["hello"], DecodingConfig(max_new_tokens=6))[0]
+    tiny_t = answers(TransformersEngine(model, tok), ["hello"], DecodingConfig(max_new_tokens=6, temperature=1e-30))[0]
+    assert tiny_t.token_ids == greedy.token_ids
+
+
+def test_a_failing_step_ends_its_requests_with_an_error(model_tok, monkeypatch):
+    model, tok = model_tok
+    engine = TransformersEngine(model, tok)
+
+    def broken(handles):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(engine, "_prefill", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        answers(engine, ["hello"], DecodingConfig(max_new_tokens=4))
 
 
 def test_cancel_frees_the_row(model_tok):
@@ -140,11 +160,14 @@ def test_bad_options_are_config_errors(model_tok):
     model, tok = model_tok
     engine = TransformersEngine(model, tok)
     for cfg in (DecodingConfig(top_p=0), DecodingConfig(temperature=-1), DecodingConfig(num_beams=2, temperature=1.0),
-                DecodingConfig(max_new_tokens=0)):
+                DecodingConfig(max_new_tokens=0), DecodingConfig(seed=2**64),
+                DecodingConfig(num_beams=2, presence_penalty=1.0)):
         with pytest.raises(ConfigError):
             engine.submit(Request("x", cfg))
     with pytest.raises(ConfigError, match="not loaded"):
         engine.submit(Request("x", adapter="nope"))
+    with pytest.raises(ConfigError, match="num_beams"):
+        engine.submit(Request("x", DecodingConfig(num_beams=2), constraint=Constraint.choice(["a", "b"])))
     with pytest.raises(ConfigError, match="does not compile"):
         engine.submit(Request("x", constraint=Constraint.json_schema({"type": "no-such-type"})))
 

@@ -46,12 +46,16 @@ class DecodingConfig:
             ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "between -2 and 2"),
             ("num_beams", self.num_beams >= 1, "at least 1"),
             ("top_logprobs", 0 <= self.top_logprobs <= 20, "between 0 and 20"),
+            ("seed", self.seed is None or 0 <= self.seed < 2**63, "between 0 and 2**63 - 1"),
         ]
         for name, ok, expected in rules:
             if not ok:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be {expected}")
         if self.num_beams > 1 and self.temperature > 0:
             raise ConfigError("num_beams > 1 is beam search, which is greedy: set temperature 0 (or num_beams 1)")
+        if self.num_beams > 1 and (self.presence_penalty or self.frequency_penalty or self.logprobs or self.ignore_eos):
+            raise ConfigError("beam search takes repetition_penalty but not presence/frequency penalties, logprobs "
+                              "or ignore_eos; use num_beams 1 for those")
         return self
 
     @property
@@ -130,7 +134,10 @@ class TokenPicker:
             for warp in self.warpers:
                 scores = warp(None, scores)
             probs = torch.softmax(scores, dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=self.generator))
+            if torch.isfinite(probs).all():
+                token = int(torch.multinomial(probs, 1, generator=self.generator))
+            else:  # a temperature so small that the division overflowed: that is greedy
+                token = int(scores.argmax(-1))
         self.counts[token] = self.counts.get(token, 0) + 1
         if self.seen is not None:
             self.seen = torch.cat([self.seen, torch.tensor([[token]], device=self.seen.device)], dim=1)

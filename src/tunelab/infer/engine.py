@@ -69,11 +69,15 @@ class Handle:
         self.ids = prompt_ids
         self.prompt_tokens = len(prompt_ids)
         self.matcher = None  # the grammar matcher of a constrained request
+        self.finished = False
         self.cancelled = threading.Event()
         self._queue: queue.Queue[Delta] | None = None if sink else queue.Queue()
         self._sink = sink or self._queue.put
 
     def emit(self, delta: Delta) -> None:
+        if self.finished:
+            return
+        self.finished = bool(delta.finish_reason)
         self._sink(delta)
 
     def cancel(self) -> None:
@@ -84,7 +88,8 @@ class Handle:
         while True:
             if self.drive is not None:
                 while self._queue.empty():
-                    self.drive()
+                    if not self.drive() and self._queue.empty():
+                        raise RuntimeError("the engine has no work left but this request never finished")
             delta = self._queue.get()
             yield delta
             if delta.finish_reason:

@@ -63,11 +63,14 @@ def _transformers_engine(model, adapters, named, dtype, quantize, draft, max_bat
             raise ConfigError(f"--adapter {runs[0]}: this run is a classifier or probe, which does not generate text")
     else:
         net, tokenizer = load_model(model or DEFAULT_MODEL, dtype=torch_dtype)
-    speculative = make_draft(draft, net)  # before quantizing: a layers:N draft shares the unquantized weights
     import torch
 
     if torch.cuda.is_available():
         net = net.to("cuda")
+    if draft and draft.startswith("layers:") and getattr(net, "peft_config", None):
+        raise ConfigError("--draft layers:N drafts with the base model's own layers, which adapters wrap; with "
+                          "--adapter use --draft ngram or a draft model")
+    speculative = make_draft(draft, net)  # before quantizing: a layers:N draft shares the unquantized weights
     if quantize == "auto":
         cpu_bf16 = dtype == "auto" and torch_dtype == torch.bfloat16 and not torch.cuda.is_available()
         quantize = "int8" if cpu_bf16 else None

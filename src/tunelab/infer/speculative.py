@@ -70,7 +70,7 @@ def make_draft(spec: str | None, target, dtype=None):
     if draft.get_output_embeddings().weight.shape[0] != target.get_output_embeddings().weight.shape[0]:
         raise ConfigError(f"--draft {spec}: its vocabulary differs from the target's; a draft must share the "
                           "tokenizer (or use --draft ngram / layers:N)")
-    return draft.eval()
+    return draft.to(target.device).eval()
 
 
 def _layer_beyond(key: str, layers: int) -> bool:

@@ -15,16 +15,17 @@ import json
 import logging
 import threading
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, TunelabError
 from tunelab.serve import openai as oa
 from tunelab.serve.metrics import Metrics
 from tunelab.serve.schemas import (
@@ -79,6 +80,10 @@ def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding
         metrics.requests.labels(request.url.path, str(e.status)).inc()
         return JSONResponse(e.body(), status_code=e.status)
 
+    @app.exception_handler(TunelabError)
+    async def _user_error(request, e: TunelabError):  # a bad option caught below the HTTP layer
+        return await _bad(request, oa.BadRequest(400, str(e)))
+
     @app.exception_handler(HTTPException)
     async def _http(request, e: HTTPException):
         return await _bad(request, oa.BadRequest(e.status_code, str(e.detail), code=str(e.status_code)))
@@ -130,7 +135,7 @@ def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding
         if state["in_flight"] >= cfg.max_concurrent:
             raise oa.BadRequest(429, f"the server is answering {cfg.max_concurrent} requests, its limit; retry shortly",
                                 type="rate_limit_error", code="too_many_requests")
-        return body
+        return body, _Slot(state, metrics)  # the slot is taken now, before any await, so a burst cannot overrun
 
     async def _submit(requests) -> tuple[list, asyncio.Queue]:
         """Check limits, then hand every request to the engine; deltas arrive on one queue as (index, delta)."""
@@ -159,26 +164,26 @@ def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding
         metrics.prompt_tokens.inc(sum(h.prompt_tokens for h in handles))
         return handles, queue
 
-    async def _generate(endpoint: str, model: str, n: int, requests, stream: bool, build, chunk, include_usage: bool):
+    async def _generate(endpoint: str, model: str, n: int, requests, stream: bool, build, chunk, include_usage: bool,
+                        slot: _Slot):
         """Run `requests` (n answers per prompt); `build` makes the JSON body, `chunk` the stream chunks."""
         started = time.perf_counter()
         handles, queue = await _submit(requests)
-        state["in_flight"] += 1
-        metrics.in_flight.inc()
         rid = oa.new_id("chatcmpl" if endpoint == "chat" else "cmpl")
         prompt_tokens = sum(h.prompt_tokens for h in handles) // n  # each prompt counts once, as OpenAI counts
 
         def done():
+            if slot.released:
+                return
             for h in handles:
-                h.cancel()  # no-op for finished ones; frees the slot of an abandoned one
-            state["in_flight"] -= 1
-            metrics.in_flight.dec()
+                h.cancel()  # no-op for finished ones; frees the batch row of an abandoned one
+            slot.release()
             metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
         if not stream:
             try:
                 results = await asyncio.wait_for(_collect(queue, len(handles)), cfg.timeout_s)
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):
                 raise oa.BadRequest(408, f"the request ran past the server's timeout of {cfg.timeout_s:g} s",
                                     type="timeout_error", code="timeout") from None
             finally:
@@ -190,18 +195,20 @@ def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding
 
         async def events():
             deadline = asyncio.get_running_loop().time() + cfg.timeout_s
-            finished, completion, first = 0, 0, True
+            finished, completion, first, status = 0, 0, True, "200"
             try:
                 for opening in chunk(rid, None, None, start=True):
                     yield _sse(opening)
                 while finished < len(handles):
                     try:
                         i, delta = await asyncio.wait_for(queue.get(), deadline - asyncio.get_running_loop().time())
-                    except TimeoutError:
+                    except (TimeoutError, asyncio.TimeoutError):
+                        status = "408"
                         yield _sse(oa.BadRequest(408, f"the request ran past the server's timeout of "
-                                                 f"{cfg.timeout_s:g} s", type="timeout_error").body())
+                                                 f"{cfg.timeout_s:g} s", type="timeout_error", code="timeout").body())
                         break
                     if delta.finish_reason == "error":
+                        status = "500"
                         yield _sse(oa.BadRequest(500, delta.error or "generation failed", type="server_error").body())
                         break
                     if first and delta.text:
@@ -216,12 +223,14 @@ def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding
                                 "created": int(time.time()), "model": model, "choices": [],
                                 "usage": oa.usage(prompt_tokens, completion)})
                 yield "data: [DONE]\n\n"
-                metrics.requests.labels(endpoint, "200").inc()
+                metrics.requests.labels(endpoint, status).inc()
             finally:
                 metrics.generated_tokens.inc(completion)
                 done()
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        # `background` also runs when the client left before the first byte, when events() never starts
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                                 background=BackgroundTask(done))
 
     @app.get("/health")
     async def health():
@@ -253,9 +262,10 @@ def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        body = await _admit(request, ChatCompletionRequest)
-        adapter = model_adapter(body.model)
-        requests = oa.chat_requests(_defaults(body, cfg), adapter)
+        body, slot = await _admit(request, ChatCompletionRequest)
+        with slot.on_error():
+            adapter = model_adapter(body.model)
+            requests = oa.chat_requests(_defaults(body, cfg), adapter)
 
         def build(rid, results, use):
             return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": body.model,
@@ -272,13 +282,15 @@ def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding
                                  oa.chat_logprobs(tokenizer, delta.logprobs) if body.logprobs else None)
 
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _generate("chat", body.model, body.n, requests, body.stream, build, chunk, usage)
+        with slot.on_error():
+            return await _generate("chat", body.model, body.n, requests, body.stream, build, chunk, usage, slot)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        body = await _admit(request, CompletionRequest)
-        adapter = model_adapter(body.model)
-        requests = oa.completion_requests(_defaults(body, cfg, completion=True), adapter)
+        body, slot = await _admit(request, CompletionRequest)
+        with slot.on_error():
+            adapter = model_adapter(body.model)
+            requests = oa.completion_requests(_defaults(body, cfg, completion=True), adapter)
         want_logprobs = body.logprobs is not None
 
         def build(rid, results, use):
@@ -296,11 +308,19 @@ def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding
                                        oa.completion_logprobs(tokenizer, delta.logprobs) if want_logprobs else None)
 
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _generate("completions", body.model, body.n, requests, body.stream, build, chunk, usage)
+        with slot.on_error():
+            return await _generate("completions", body.model, body.n, requests, body.stream, build, chunk, usage,
+                                   slot)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
-        body = await _admit(request, EmbeddingRequest)
+        body, slot = await _admit(request, EmbeddingRequest)
+        try:
+            return await _embed(body)
+        finally:
+            slot.release()
+
+    async def _embed(body: EmbeddingRequest):
         if embedder is None or body.model != embedding_name:
             known = f"'{embedding_name}'" if embedder is not None else "none (start the server with --embedding-model)"
             raise oa.BadRequest(404, f"the embedding model '{body.model}' does not exist; this server has {known}",
@@ -309,17 +329,18 @@ def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding
         if len(texts) > cfg.max_embedding_inputs:
             raise oa.BadRequest(400, f"{len(texts)} inputs; this server embeds at most {cfg.max_embedding_inputs} "
                                 "per request", param="input")
-        state["in_flight"] += 1
-        try:
-            def encode():
-                with embed_lock:
-                    vectors = embedder.encode(texts, batch_size=32, convert_to_numpy=True)
-                    tokens = sum(len(ids) for ids in embedder.tokenizer(texts)["input_ids"])
-                return vectors, tokens
 
+        def encode():
+            with embed_lock:
+                vectors = embedder.encode(texts, batch_size=32, convert_to_numpy=True)
+                tokens = sum(len(ids) for ids in embedder.tokenizer(texts)["input_ids"])
+            return vectors, tokens
+
+        try:
             vectors, tokens = await asyncio.wait_for(asyncio.to_thread(encode), cfg.timeout_s)
-        finally:
-            state["in_flight"] -= 1
+        except (TimeoutError, asyncio.TimeoutError):
+            raise oa.BadRequest(408, f"the request ran past the server's timeout of {cfg.timeout_s:g} s",
+                                type="timeout_error", code="timeout") from None
         data = []
         for i, v in enumerate(vectors):
             value = (base64.b64encode(v.astype("float32").tobytes()).decode() if body.encoding_format == "base64"
@@ -330,6 +351,30 @@ def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     return app
+
+
+class _Slot:
+    """One admitted request's place under max_concurrent; released exactly once."""
+
+    def __init__(self, state: dict, metrics: Metrics):
+        self.state, self.metrics, self.released = state, metrics, False
+        state["in_flight"] += 1
+        metrics.in_flight.inc()
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.state["in_flight"] -= 1
+            self.metrics.in_flight.dec()
+
+    @contextmanager
+    def on_error(self):
+        """Release if the block raises (a refused request); a response in hand keeps the slot."""
+        try:
+            yield
+        except BaseException:
+            self.release()
+            raise
 
 
 def _defaults(body, cfg: ServerConfig, completion: bool = False):

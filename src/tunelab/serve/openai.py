@@ -58,8 +58,14 @@ def chat_requests(body: ChatCompletionRequest, adapter: str | None) -> list[Requ
     return _n_requests(body, messages, params, True, adapter)
 
 
+MAX_ANSWERS = 64  # prompts x n in one request: more would crowd out every other client
+
+
 def completion_requests(body: CompletionRequest, adapter: str | None) -> list[Request]:
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if len(prompts) * body.n > MAX_ANSWERS:
+        raise BadRequest(400, f"{len(prompts)} prompts x n={body.n} answers; at most {MAX_ANSWERS} per request",
+                         param="prompt")
     if body.echo:
         raise BadRequest(400, "echo is not supported", param="echo")
     params = decoding(body, body.max_tokens or 16, body.logprobs is not None, body.logprobs or 0)

@@ -58,7 +58,10 @@ class ChatMessage(_Body):
             kinds = {p.get("type") for p in self.content}
             if kinds - {"text"}:
                 raise ValueError(f"content parts of type {sorted(kinds - {'text'})} are not supported; send text")
-            return "".join(p.get("text", "") for p in self.content)
+            texts = [p.get("text", "") for p in self.content]
+            if not all(isinstance(t, str) for t in texts):
+                raise ValueError("a text content part's 'text' must be a string")
+            return "".join(texts)
         return self.content or ""
 
 

@@ -117,11 +117,16 @@ class TransformersEngine:
         request.params.check()
         if request.adapter and request.adapter not in self.peft_adapters + [BASE]:
             raise ConfigError(f"adapter {request.adapter!r} is not loaded; loaded: {', '.join(self.peft_adapters) or 'none'}")
+        if request.constraint is not None and request.params.num_beams > 1:
+            raise ConfigError("structured output runs with num_beams 1 (beam search cannot follow a grammar here)")
         if request.constraint is not None and not self.batching:
             raise ConfigError("structured output needs the batched decoder, which this model cannot use "
                               "(encoder-decoder, prompt-learning adapter or sliding-window cache)")
         # with no loop running, whoever waits on a handle runs the steps (see the module notes)
-        handle = Handle(request, self.prompt_ids(request), sink, drive=None if self._looping else self._drive)
+        ids = self.prompt_ids(request)
+        if not ids:  # an empty raw prompt: start from the text boundary token, as a new document would
+            ids = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id]
+        handle = Handle(request, ids, sink, drive=None if self._looping else self._drive)
         if request.constraint is not None:  # compile now, so a bad schema fails the caller, not the loop
             handle.matcher = self.grammars().matcher(request.constraint)
         with self._cv:
@@ -175,21 +180,25 @@ class TransformersEngine:
 
     # --- the worker ---
 
-    def _drive(self) -> None:
-        """One step, run by a consumer waiting on its handle when no loop is running."""
+    def _drive(self) -> bool:
+        """One step, run by a consumer waiting on its handle when no loop is running; False if idle."""
         with self._step_lock, torch.inference_mode():
             if self._closed:
                 self._cancel_all()
             elif self._waiting or self._rows:
                 self._safe_step()
+            else:
+                return False
+        return True
 
     def _safe_step(self) -> None:
+        self._taken: list[Handle] = []  # taken off the queue this step, maybe not yet in a row
         try:
             self._step()
         except Exception as e:  # a bug or out of memory: fail what is in flight, keep serving
             log.exception("generation step failed")
-            for row in self._rows:
-                row.handle.emit(Delta("", [], finish_reason="error", error=f"{type(e).__name__}: {e}"))
+            for handle in [r.handle for r in self._rows] + self._taken:
+                handle.emit(Delta("", [], finish_reason="error", error=f"{type(e).__name__}: {e}"))
             self._rows, self._kv = [], KVBatch()
 
     def _cancel_all(self) -> None:
@@ -204,9 +213,11 @@ class TransformersEngine:
         self._drop_cancelled()
         whole = self._next_whole()
         if whole is not None:
+            self._taken = [whole]
             self._run_whole(whole)
             return
         new = self._admit()
+        self._taken = new
         if new:
             self._prefill(new)
         if self._rows:
@@ -220,8 +231,9 @@ class TransformersEngine:
 
     def _needs_whole(self, request: Request) -> bool:
         p = request.params
-        return not self.batching or p.num_beams > 1 or (self.draft is not None and p.greedy
-                                                        and request.constraint is None and not p.logprobs)
+        plain = (p.greedy and request.constraint is None and not p.logprobs and not p.ignore_eos
+                 and not p.presence_penalty and not p.frequency_penalty)  # what model.generate with a draft keeps
+        return not self.batching or p.num_beams > 1 or (self.draft is not None and plain)
 
     def _admit(self) -> list[Handle]:
         """Waiting requests that fit this step (room in the batch, prefill budget, adapter rules)."""
@@ -288,7 +300,9 @@ class TransformersEngine:
         request = handle.request
         room = self.max_positions - len(handle.ids)
         return _Row(handle, self._adapter(handle), handle.ids, TokenPicker(request.params, handle.ids, self.model.device),
-                    TextStream(self.tokenizer, request.params.stop), max(1, min(request.params.max_new_tokens, room)),
+                    # a constrained answer ends where its grammar does: a stop string could cut it mid-record
+                    TextStream(self.tokenizer, [] if handle.matcher else request.params.stop),
+                    max(1, min(request.params.max_new_tokens, room)),
                     handle.matcher)
 
     def _decode(self) -> None:
@@ -317,10 +331,10 @@ class TransformersEngine:
             token, logprob = row.picker.pick(logits, row.matcher.constrain if row.matcher else None)
         if row.matcher is not None:
             row.matcher.accept(token)
+        if (token in self.eos and not params.ignore_eos) or (row.matcher is not None and row.matcher.done):
+            return self._finish(row, "stop")  # the end token is not part of the answer, nor of its logprobs
         if logprob is not None:
             row.pending_lps.append(logprob)
-        if (token in self.eos and not params.ignore_eos) or (row.matcher is not None and row.matcher.done):
-            return self._finish(row, "stop")
         row.generated.append(token)
         row.pending_ids.append(token)
         row.last = token
@@ -363,8 +377,18 @@ class TransformersEngine:
         adapter = self._adapter(handle)
         if self.peft_adapters and adapter != BASE and self.model.active_adapter != adapter:
             self.model.set_adapter(adapter)
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class Cancelled(StoppingCriteria):  # a timeout or a closed connection ends this generate() too
+            def __call__(self, input_ids, scores, **kw):
+                return torch.full((input_ids.shape[0],), handle.cancelled.is_set(), device=input_ids.device)
+
         with self.model.disable_adapter() if self.peft_adapters and adapter == BASE else _nothing():
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                      stopping_criteria=StoppingCriteriaList([Cancelled()]), **kwargs)
+        if handle.cancelled.is_set():
+            handle.emit(Delta("", [], finish_reason="cancelled"))
+            return
         start = 0 if self.model.config.is_encoder_decoder else ids.shape[1]
         tokens = [t for t in out[0, start:].tolist() if t not in self.eos and t != self.tokenizer.pad_token_id]
         text = TextStream(self.tokenizer, params.stop)

@@ -140,6 +140,8 @@ class VLLMEngine:
         if params.num_beams > 1:
             raise ConfigError("num_beams > 1: vLLM's engine has no beam search for streamed requests; "
                               "use the transformers backend")
+        if request.adapter == "__base__":  # the server names the base explicitly when adapters are loaded
+            request.adapter = None
         if request.adapter and request.adapter not in self._lora:
             raise ConfigError(f"adapter {request.adapter!r} is not loaded; loaded: {', '.join(self._lora) or 'none'}")
         kwargs = sampling_params_kwargs(params, request.constraint)
