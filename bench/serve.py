@@ -5,10 +5,11 @@
     `model.generate` of transformers with default settings (float32, greedy), same model, same
     prompts, 128 new tokens each; plus the int8 weights' perplexity cost on wikitext-2.
 (b) aggregate tokens/s of 8 concurrent clients against 1 client, both against
-    `tunelab serve` (a separate process) through the official openai package.
+    `tunelab serve` (a separate process) through the official openai package; at its
+    defaults, and with --quantize none.
 (c) the llama.cpp backend against llama-cpp-python called directly, same GGUF, same prompts.
 
-    python bench/serve.py                 # all three, about 6 minutes on 2 CPU cores
+    python bench/serve.py                 # all three, about 8 minutes on 2 CPU cores
     python bench/serve.py --parts a       # one part
 
 The last line: decode_ratio_vs_hf=<x> concurrency_ratio_8v1=<x> llamacpp_ratio=<x>
@@ -106,20 +107,35 @@ def _int8_quality(chars: int = 40_000) -> dict:
         print(f"(a) int8 quality skipped: {path} is missing", flush=True)
         return {}
     docs = [path.read_text(encoding="utf-8")[:chars]]
+    from tunelab.infer import quantize
+
     model, tokenizer = load_model(MODEL, dtype=torch.bfloat16)
-    with torch.inference_mode():
-        bf16 = perplexity_metrics(docs, document_nll(model, tokenizer, docs, 512, 512))["perplexity"]
-        int8 = perplexity_metrics(docs, document_nll(quantize_int8(model), tokenizer, docs, 512, 512))["perplexity"]
+    rows, quantize.ROWS = quantize.ROWS, 1 << 30  # every token through the int8 weights, as decoding does
+    try:
+        with torch.inference_mode():
+            bf16 = perplexity_metrics(docs, document_nll(model, tokenizer, docs, 512, 512))["perplexity"]
+            int8 = perplexity_metrics(docs, document_nll(quantize_int8(model), tokenizer, docs, 512, 512))["perplexity"]
+    finally:
+        quantize.ROWS = rows
     print(f"(a) wikitext-2 perplexity ({chars} characters): bf16 {bf16:.3f}, int8 {int8:.3f}", flush=True)
     return {"int8_ppl_rel_diff": int8 / bf16 - 1}
 
 
-def part_b(requests_per_client: int = 4, max_tokens: int = 64) -> dict:
+def part_b() -> dict:
+    default = _concurrency([])
+    exact = _concurrency(["--quantize", "none"])
+    return {"concurrency_ratio_8v1": default[1] / default[0], "concurrency_bf16_ratio_8v1": exact[1] / exact[0],
+            "serve_1_tok_s": default[0], "serve_8_tok_s": default[1], "serve_bf16_1_tok_s": exact[0],
+            "serve_bf16_8_tok_s": exact[1]}
+
+
+def _concurrency(flags: list[str], requests_per_client: int = 4, max_tokens: int = 64) -> tuple[float, float]:
+    """(tokens/s of 1 client, of 8 clients) against `tunelab serve FLAGS` in its own process."""
     import openai
 
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "serve", "--port", str(port), "--embedding-model",
-                             "none"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "none", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600)
         deadline = time.time() + 180
@@ -154,9 +170,9 @@ def part_b(requests_per_client: int = 4, max_tokens: int = 64) -> dict:
     finally:
         proc.terminate()
         proc.wait(60)
-    print(f"(b) tunelab serve, {max_tokens} tokens per request: 1 client {one:.1f} tok/s, 8 clients {eight:.1f} tok/s",
-          flush=True)
-    return {"concurrency_ratio_8v1": eight / one, "serve_1_tok_s": one, "serve_8_tok_s": eight}
+    print(f"(b) tunelab serve {' '.join(flags) or '(defaults)'}, {max_tokens} tokens per request: 1 client "
+          f"{one:.1f} tok/s, 8 clients {eight:.1f} tok/s ({eight / one:.2f}x)", flush=True)
+    return one, eight
 
 
 def part_c() -> dict:
