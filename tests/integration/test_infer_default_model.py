@@ -53,6 +53,8 @@ def test_one_hundred_answers_validate_against_a_nested_schema():
 @pytest.mark.parametrize("draft", ["layers:8", "ngram"])
 def test_speculative_answers_equal_plain_answers(draft):
     cfg = DecodingConfig(max_new_tokens=48)
-    plain = generate(load_engine(quantize=None), [Request(p, cfg) for p in PROMPTS])
-    fast = generate(load_engine(quantize=None, draft=draft), [Request(p, cfg) for p in PROMPTS])
+    # float32: in bfloat16 the draft's multi-token check rounds differently from one-token steps, so
+    # near-tied tokens can flip (bench/speculative.py shows where); in float32 the answers must be equal
+    plain = generate(load_engine(dtype="fp32", quantize=None), [Request(p, cfg) for p in PROMPTS])
+    fast = generate(load_engine(dtype="fp32", quantize=None, draft=draft), [Request(p, cfg) for p in PROMPTS])
     assert [c.text for c in fast] == [c.text for c in plain]
