@@ -6,6 +6,7 @@ The public API is small; everything else lives in its subpackage.
 from tunelab.config import RunConfig, load_config
 from tunelab.errors import TunelabError
 from tunelab.infer import DecodingConfig, generate
+from tunelab.infer.load import load_engine
 from tunelab.models import load_adapters, load_model, load_run
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __all__ = [
     "generate",
     "load_adapters",
     "load_config",
+    "load_engine",
     "load_model",
     "load_run",
     "train",

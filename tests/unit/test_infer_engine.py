@@ -177,7 +177,7 @@ NESTED = {"type": "object", "properties": {
     "label": {"type": "string", "enum": ["spam", "ham", "unsure"]},
     "score": {"type": "number"},
     "owner": {"type": "object", "properties": {
-        "name": {"type": "string", "pattern": "^[a-z]{1,8}$"},
+        "name": {"type": "string", "maxLength": 8},  # free text: any byte a random byte-level model picks
         "roles": {"type": "array", "items": {"type": "string", "enum": ["admin", "user"]}, "minItems": 1,
                   "maxItems": 3}}, "required": ["name", "roles"], "additionalProperties": False},
     "active": {"type": "boolean"},
@@ -194,6 +194,19 @@ def test_one_hundred_sampled_answers_all_validate_against_a_nested_schema(model_
         assert out.finish_reason == "stop", out.text
         jsonschema.validate(json.loads(out.text), NESTED)
     assert len({o.text for o in outs}) > 50  # sampled, not one answer repeated
+
+
+def test_utf8_guard_follows_the_decoder():
+    from tunelab.infer.utf8 import ACCEPT, Utf8Guard, advance
+
+    assert advance(ACCEPT, "é€😀".encode()) == ACCEPT
+    assert advance(ACCEPT, "€".encode()[:2]) == (1, 0x80, 0xBF)  # one byte still due
+    for bad in (b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\x80", b"\x80", b"\xff"):
+        assert advance(ACCEPT, bad) is None, bad
+    guard = Utf8Guard([b"a", b"\xe2", b"\x82", b"\xac", b"\xed", b"\xa0", b"\x9f"], 7)
+    assert guard.forbidden(ACCEPT).tolist() == [2, 3, 5, 6]  # continuation bytes cannot start a character
+    after_ed = guard.after(ACCEPT, 4)
+    assert 5 in guard.forbidden(after_ed).tolist() and 6 not in guard.forbidden(after_ed).tolist()  # no surrogates
 
 
 def test_regex_and_choice_constraints(model_tok):

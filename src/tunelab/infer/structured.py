@@ -3,6 +3,8 @@
 At every step the grammar's matcher (xgrammar) says which tokens keep the output on a path
 the grammar accepts; every other token's logit becomes -inf before sampling. Once the
 grammar is complete only the stop tokens remain, so a finished answer always parses.
+Tokens that would leave the answer's bytes invalid UTF-8 are forbidden too (`utf8.py`),
+and in JSON so are raw control characters.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from functools import lru_cache
 import torch
 
 from tunelab.errors import ConfigError
+from tunelab.infer.utf8 import ACCEPT, Utf8Guard
 
 KINDS = ("json_schema", "json", "regex", "choice", "grammar")
 
@@ -66,6 +69,7 @@ class Grammars:
         for i, piece in enumerate(info.decoded_vocab[:vocab_size]):
             control[i] = any(b < 0x20 for b in piece) and i not in stop_ids
         self.control_tokens = control.nonzero().flatten()
+        self.utf8 = Utf8Guard(info.decoded_vocab, vocab_size)
         self.compiler = xgr.GrammarCompiler(info, max_threads=2)
         self._compile = lru_cache(maxsize=128)(self._compile_uncached)
         self._lock = threading.Lock()
@@ -75,7 +79,7 @@ class Grammars:
         with self._lock:
             compiled = self._compile(constraint)
         forbidden = self.control_tokens if constraint.kind in ("json_schema", "json") else None
-        return Matcher(self._xgr, compiled, self.vocab_size, forbidden)
+        return Matcher(self._xgr, compiled, self.vocab_size, self.utf8, forbidden)
 
     def _compile_uncached(self, c: Constraint):
         try:
@@ -99,11 +103,12 @@ class Grammars:
 class Matcher:
     """One answer's position in its grammar."""
 
-    def __init__(self, xgr, compiled, vocab_size: int, forbidden: torch.Tensor | None = None):
+    def __init__(self, xgr, compiled, vocab_size: int, utf8: Utf8Guard, forbidden: torch.Tensor | None = None):
         self._xgr = xgr
         self.matcher = xgr.GrammarMatcher(compiled)
         self.bitmask = xgr.allocate_token_bitmask(1, vocab_size)
         self.forbidden = forbidden
+        self.utf8, self.utf8_state = utf8, ACCEPT
 
     def constrain(self, scores: torch.Tensor) -> None:
         """Set the logits [1, V] of tokens the grammar forbids here to -inf, in place."""
@@ -111,10 +116,14 @@ class Matcher:
         self._xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device))
         if self.forbidden is not None and len(self.forbidden):
             scores[:, self.forbidden.to(scores.device)] = float("-inf")
+        invalid = self.utf8.forbidden(self.utf8_state)
+        if len(invalid):
+            scores[:, invalid.to(scores.device)] = float("-inf")
 
     def accept(self, token_id: int) -> None:
         if not self.matcher.accept_token(token_id):
             raise RuntimeError(f"token {token_id} was picked but the grammar does not accept it")
+        self.utf8_state = self.utf8.after(self.utf8_state, token_id)
 
     @property
     def done(self) -> bool:
