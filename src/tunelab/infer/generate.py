@@ -21,6 +21,13 @@ def prompt_text(tokenizer, prompt: str | list[dict], system: str | None = None) 
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def prompt_ids(tokenizer, request) -> list[int]:
+    """The token ids of an engine request's prompt: chat-templated, or raw text as the tokenizer encodes it."""
+    if request.chat:
+        return tokenizer(prompt_text(tokenizer, request.prompt, request.system), add_special_tokens=False)["input_ids"]
+    return tokenizer(request.prompt)["input_ids"]
+
+
 def generation_kwargs(model, tokenizer, cfg: DecodingConfig) -> dict:
     """transformers generate() kwargs for `cfg`, stopping on EOS and the template's answer end."""
     sample = cfg.temperature > 0

@@ -32,7 +32,7 @@ from tunelab.errors import ConfigError
 from tunelab.infer.batching import KVBatch, supports_batching
 from tunelab.infer.decoding import TokenLogprob, TokenPicker
 from tunelab.infer.engine import Delta, Handle, Request
-from tunelab.infer.generate import generation_kwargs, prompt_text
+from tunelab.infer.generate import generation_kwargs, prompt_ids
 from tunelab.infer.text import TextStream
 
 log = logging.getLogger(__name__)
@@ -100,15 +100,13 @@ class TransformersEngine:
         self._worker: threading.Thread | None = None
         self._looping = False
         self._step_lock = threading.Lock()
+        self._taken: list[Handle] = []  # taken off the queue this step, maybe not yet in a row
         self.steps = 0  # decode steps run (for metrics)
 
     # --- the Engine protocol ---
 
     def prompt_ids(self, request: Request) -> list[int]:
-        if request.chat:
-            return self.tokenizer(prompt_text(self.tokenizer, request.prompt, request.system),
-                                  add_special_tokens=False)["input_ids"]
-        return self.tokenizer(request.prompt)["input_ids"]
+        return prompt_ids(self.tokenizer, request)
 
     def adapters(self) -> list[str]:
         return list(self.peft_adapters)
@@ -192,7 +190,7 @@ class TransformersEngine:
         return True
 
     def _safe_step(self) -> None:
-        self._taken: list[Handle] = []  # taken off the queue this step, maybe not yet in a row
+        self._taken = []
         try:
             self._step()
         except Exception as e:  # a bug or out of memory: fail what is in flight, keep serving

@@ -125,12 +125,9 @@ class VLLMEngine:
     # --- the Engine protocol ---
 
     def prompt_ids(self, request: Request) -> list[int]:
-        from tunelab.infer.generate import prompt_text
+        from tunelab.infer.generate import prompt_ids
 
-        if request.chat:
-            return self.tokenizer(prompt_text(self.tokenizer, request.prompt, request.system),
-                                  add_special_tokens=False)["input_ids"]
-        return self.tokenizer(request.prompt)["input_ids"]
+        return prompt_ids(self.tokenizer, request)
 
     def adapters(self) -> list[str]:
         return list(self._lora)
