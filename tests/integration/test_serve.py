@@ -210,6 +210,7 @@ def test_guided_choice_extension(client):
 def test_missing_or_wrong_key_is_401(server, key):
     status, body = post(server, "/v1/chat/completions", CHAT, key=key)
     assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    assert post(server, "/v1/models", None, key=key, raw=b"", method="GET")[0] == 401
 
 
 @pytest.mark.parametrize("raw,status,needle", [

@@ -106,12 +106,15 @@ def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding
         raise oa.BadRequest(404, f"the model '{name}' does not exist; this server has: {', '.join(known)}",
                             param="model", code="model_not_found")
 
-    async def _admit(request: Request, schema):
+    def _check_key(request: Request) -> None:
         if cfg.api_key:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {cfg.api_key}".encode()):
                 raise oa.BadRequest(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
                                     type="authentication_error", code="invalid_api_key")
+
+    async def _admit(request: Request, schema):
+        _check_key(request)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
             raise oa.BadRequest(413, f"request body over {cfg.max_body_bytes} bytes", code="body_too_large")
@@ -242,8 +245,7 @@ def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding
 
     @app.get("/v1/models")
     async def models(request: Request):
-        if cfg.api_key:
-            await _admit_key_only(request)
+        _check_key(request)
         now = int(time.time())
         items = [{"id": cfg.served_name, "object": "model", "created": now, "owned_by": "tunelab", "root": cfg.served_name,
                   "parent": None}]
@@ -253,12 +255,6 @@ def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding
             items.append({"id": embedding_name, "object": "model", "created": now, "owned_by": "tunelab",
                           "root": embedding_name, "parent": None})
         return {"object": "list", "data": items}
-
-    async def _admit_key_only(request: Request):
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {cfg.api_key}".encode()):
-            raise oa.BadRequest(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                                type="authentication_error", code="invalid_api_key")
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
