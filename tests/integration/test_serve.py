@@ -243,6 +243,8 @@ def test_bad_requests_get_openai_errors_and_the_server_lives_on(server, raw, sta
 
 
 def test_completion_refusals_and_an_empty_prompt(server):
+    status, body = post(server, "/v1/completions", {"model": "tiny", "prompt": []})
+    assert status == 400 and "at least 1 item" in body["error"]["message"] and body["error"]["param"] == "prompt"
     status, body = post(server, "/v1/completions", {"model": "tiny", "prompt": ["x"] * 20, "n": 4, "max_tokens": 2})
     assert status == 400 and "at most" in body["error"]["message"]
     status, body = post(server, "/v1/completions", {"model": "tiny", "prompt": "", "max_tokens": 3})

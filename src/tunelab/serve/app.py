@@ -132,9 +132,10 @@ def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding
         try:
             body = schema.model_validate(data)
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise oa.BadRequest(400, f"{where}: {first['msg']}", param=where or None) from None
+            errors = e.errors()[:3]  # a union field (text or list) reports one error per form it may take
+            where = str(errors[0]["loc"][0]) if errors[0]["loc"] else ""
+            message = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors)
+            raise oa.BadRequest(400, message, param=where or None) from None
         if state["in_flight"] >= cfg.max_concurrent:
             raise oa.BadRequest(429, f"the server is answering {cfg.max_concurrent} requests, its limit; retry shortly",
                                 type="rate_limit_error", code="too_many_requests")

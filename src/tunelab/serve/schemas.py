@@ -7,9 +7,11 @@ or newer options still work. `top_k`, `min_p`, `repetition_penalty`, `guided_reg
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Texts = str | Annotated[list[str], Field(min_length=1)]  # one text, or a non-empty list of them
 
 
 class _Body(BaseModel):
@@ -85,26 +87,12 @@ class ChatCompletionRequest(Sampling):
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str]
+    prompt: Texts
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompts(cls, v):
-        if isinstance(v, list) and not v:
-            raise ValueError("give at least one prompt")
-        return v
 
 
 class EmbeddingRequest(_Body):
     model: str
-    input: str | list[str]
+    input: Texts
     encoding_format: Literal["float", "base64"] = "float"
-
-    @field_validator("input")
-    @classmethod
-    def _inputs(cls, v):
-        if isinstance(v, list) and not v:
-            raise ValueError("give at least one input")
-        return v
