@@ -70,30 +70,64 @@ def cmd_generate(args) -> int:
     from tunelab.infer.engine import Request, generate
 
     records = list(read_records(args.input))
-    prompts = []
-    for r in records:
-        prompt = r.data.get(args.field, r.data.get("messages"))
-        if not isinstance(prompt, (str, list)):
-            raise DataError(f"{r.where}: needs a '{args.field}' string (or a 'messages' list)")
-        prompts.append(prompt)
+    prompting = _prompting(args)
+    if prompting is not None:
+        from tunelab.prompting import answer, build_prompts
+
+        prompts = build_prompts(prompting, records)  # examples chosen and records checked before the model loads
+    else:
+        prompts = []
+        for r in records:
+            prompt = r.data.get(args.field, r.data.get("messages"))
+            if not isinstance(prompt, (str, list)):
+                raise DataError(f"{r.where}: needs a '{args.field}' string (or a 'messages' list)")
+            prompts.append(prompt)
     cfg, constraint = _decoding(args), _constraint(args)
     engine = _engine(args, max_batch_size=args.batch_size)
     try:
-        requests = [Request(p, replace(cfg, seed=None if cfg.seed is None else cfg.seed + i), chat=not args.raw,
-                            system=args.system, constraint=constraint) for i, p in enumerate(prompts)]
-        answers = generate(engine, requests)
+        if prompting is not None:
+            extra = [{"output": a.text, "finish_reason": a.finish_reason,
+                      **({"answer": a.answer} if prompting.reads_answers else {}),
+                      **({"votes": a.votes} if a.votes is not None else {})}
+                     for a in answer(engine, prompts, prompting, cfg, system=args.system, constraint=constraint,
+                                     batch_size=args.batch_size)]
+        else:
+            requests = [Request(p, replace(cfg, seed=None if cfg.seed is None else cfg.seed + i), chat=not args.raw,
+                                system=args.system, constraint=constraint) for i, p in enumerate(prompts)]
+            extra = [{"output": a.text.strip(), "finish_reason": a.finish_reason,
+                      **({"logprobs": [lp.logprob for lp in a.logprobs]} if a.logprobs is not None else {})}
+                     for a in generate(engine, requests)]
     finally:
         engine.close()
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
-        for r, answer in zip(records, answers):
-            row = {**r.data, "output": answer.text.strip(), "finish_reason": answer.finish_reason}
-            if answer.logprobs is not None:
-                row["logprobs"] = [lp.logprob for lp in answer.logprobs]
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"wrote {len(answers)} generations to {out}")
+        for r, row in zip(records, extra):
+            f.write(json.dumps({**r.data, **row}, ensure_ascii=False) + "\n")
+    print(f"wrote {len(extra)} generations to {out}")
     return 0
+
+
+def _prompting(args):
+    """The prompting route the generate flags ask for, or None when they ask for none of it."""
+    from tunelab.prompting import PromptingConfig
+
+    if args.k is not None and not args.fewshot:
+        raise ConfigError("--k: the number of few-shot examples needs --fewshot FILE to take them from")
+    if not (args.template or args.fewshot or args.cot or args.self_consistency != 1):
+        return None
+    if args.logprobs:
+        raise ConfigError("--logprobs: log-probabilities are not recorded on the prompting route (--template, "
+                          "--fewshot, --cot, --self-consistency); drop --logprobs or those flags")
+    def split(text: str | None) -> list[str]:
+        return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+    return PromptingConfig(template=args.template, labels=split(args.labels), keys=split(args.keys),
+                           input_field=args.field, output_field=args.answer_field, fewshot_file=args.fewshot,
+                           k=(4 if args.k is None else args.k) if args.fewshot else 0, select=args.select,
+                           embedder=args.embedder, chat=not args.raw, cot=args.cot, answer_kind=args.answer_kind,
+                           samples=args.self_consistency, temperature=args.sc_temperature,
+                           seed=args.seed or 0).check()
 
 
 def _constraint(args):
@@ -251,6 +285,27 @@ def _decoding_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", default=None, help="system prompt")
 
 
+def _prompting_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("prompting", "templates, few-shot examples, chain-of-thought, self-consistency")
+    g.add_argument("--template", default=None, metavar="NAME|FILE", help="qa, classify, extract, math, a .yaml "
+                   "template file, or a format string over the record's fields such as '{question}\\nAnswer:'")
+    g.add_argument("--labels", default=None, help="comma-separated labels (--template classify; --answer-kind choice)")
+    g.add_argument("--keys", default=None, help="comma-separated fields to extract (--template extract)")
+    g.add_argument("--fewshot", default=None, metavar="FILE", help="solved examples to show before each question")
+    g.add_argument("--k", type=int, default=None, help="few-shot examples per question (default 4)")
+    g.add_argument("--select", default="random", choices=["random", "similar"],
+                   help="few-shot examples at random (seeded) or the most similar to the question")
+    g.add_argument("--answer-field", default="completion",
+                   help="the field holding a few-shot example's answer (default completion)")
+    g.add_argument("--embedder", default="all-minilm-l6-v2", help="sentence-transformers model for --select similar")
+    g.add_argument("--cot", action="store_true", help="ask for step-by-step reasoning; rows gain the final 'answer'")
+    g.add_argument("--answer-kind", default=None, choices=["text", "number", "choice"],
+                   help="how the final answer is read (default: the template's, else text)")
+    g.add_argument("--self-consistency", type=int, default=1, metavar="N",
+                   help="sample N answers per prompt and keep the majority; rows gain 'answer' and 'votes'")
+    g.add_argument("--sc-temperature", type=float, default=0.7, help="sampling temperature for --self-consistency")
+
+
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="alias, folder, .gguf or Hub id (default smollm2-135m-instruct)")
     p.add_argument("--adapter", action="append", help="a run folder (runs/NAME) whose adapter or model to use; "
@@ -296,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regex", default=None, help="a regular expression every answer must match")
     p.add_argument("--choice", action="append", help="an allowed answer (repeatable)")
     _decoding_flags(p)
+    _prompting_flags(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="interactive chat in the terminal")
@@ -344,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a report of the same name")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an eval config key")
     p.set_defaults(func=cmd_eval)
+
+    from tunelab.rag.cli import add_parser as add_rag_parser
+
+    add_rag_parser(sub)
 
     p = sub.add_parser("demo", help="the main job: LoRA SFT on the built-in requests-to-JSON task, before/after")
     p.add_argument("--output-dir", default="runs")

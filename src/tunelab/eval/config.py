@@ -9,6 +9,8 @@ An eval config is YAML with these top-level keys (all optional but `tasks` or `h
       - {name: sst2, kind: choice, file: sst2.jsonl, template: "{text}\\nSentiment:",
          choices: [negative, positive], gold_field: label}
       - {name: wiki, kind: perplexity, file: wiki.txt, window: 1024, stride: 512}
+      - {name: gsm, kind: generate, file: gsm.jsonl, template: "{question}", metrics: [numeric],
+         num_fewshot: 4, fewshot_select: similar, cot: true, self_consistency: 5}
     judge: {model: smollm2-135m-instruct}   # or {base_url: http://host/v1, endpoint_model: gpt-x}
     harness: [hellaswag]         # lm-evaluation-harness task names (needs lm-eval and its data)
 """
@@ -54,11 +56,17 @@ class TaskConfig:
     choices_field: str = "choices"
     gold_field: str = "gold"  # an index into the choices, or the choice's text
     target_delimiter: str = " "  # between context and ending, as in lm-evaluation-harness
-    num_fewshot: int = 0
+    num_fewshot: int = 0  # choice and generate tasks
     fewshot_file: str | None = None  # default: the task's own file, never the question itself
     fewshot_delimiter: str = "\n\n"
     description: str = ""  # text before the few-shot examples
     seed: int = 1234
+    fewshot_select: str = "random"  # generate: random | similar (the examples most like the question)
+    fewshot_embedder: str = "all-minilm-l6-v2"  # generate, fewshot_select similar: the sentence-transformers model
+    # generate: the prompting route (see tunelab.prompting)
+    cot: bool = False  # ask for step-by-step reasoning; score the final answer read from it
+    self_consistency: int = 1  # sample this many answers (at `temperature`, 0.7 when it is 0) and score the majority
+    answer_kind: str | None = None  # text | number | choice (from `choices`); default: number for metric numeric
     # generate and judge
     prompt_field: str = "prompt"  # used when no template is given (a string, or a `messages` list)
     answer_field: str = "answer"  # gold: a string, a list of acceptable strings, a number or a JSON record
@@ -112,9 +120,7 @@ def check(cfg: EvalConfig) -> EvalConfig:
             raise ConfigError(f"{key}: perplexity needs window >= 2 and stride >= 1 (got {task.window}, {task.stride})")
         if task.limit is not None and task.limit < 1:
             raise ConfigError(f"{key}.limit: must be at least 1 (leave it out to use every record)")
-        if task.num_fewshot and task.kind != "choice":
-            raise ConfigError(f"{key}.num_fewshot: few-shot examples apply to choice tasks; for generation, put the "
-                              "examples in the template")
+        _check_prompting(task, key)
         if task.kind == "judge" and task.mode not in ("pairwise", "single"):
             raise ConfigError(f"{key}.mode: '{task.mode}' is not known; choose pairwise or single")
         if task.kind == "judge" and cfg.judge is None:
@@ -134,6 +140,29 @@ def check(cfg: EvalConfig) -> EvalConfig:
     if not cfg.models and not cfg.run:
         cfg.models = [ModelSpec(name="base", model=DEFAULT_MODEL)]
     return cfg
+
+
+def _check_prompting(task: TaskConfig, key: str) -> None:
+    """Few-shot, chain-of-thought and self-consistency options, where the task kind takes them."""
+    if task.num_fewshot < 0:
+        raise ConfigError(f"{key}.num_fewshot: must be 0 (zero-shot) or more, got {task.num_fewshot}")
+    if task.num_fewshot and task.kind not in ("choice", "generate"):
+        raise ConfigError(f"{key}.num_fewshot: few-shot examples apply to choice and generate tasks, not {task.kind}")
+    if task.fewshot_select not in ("random", "similar"):
+        raise ConfigError(f"{key}.fewshot_select: '{task.fewshot_select}' is not known; choose random or similar")
+    generate_only = [("fewshot_select", task.fewshot_select != "random"), ("cot", task.cot),
+                     ("self_consistency", task.self_consistency != 1), ("answer_kind", task.answer_kind is not None)]
+    for name, given in generate_only:
+        if given and task.kind != "generate":
+            raise ConfigError(f"{key}.{name}: applies to generate tasks only, and this task is {task.kind}")
+    if task.self_consistency < 1:
+        raise ConfigError(f"{key}.self_consistency: the number of sampled answers must be at least 1 (1 is off), "
+                          f"got {task.self_consistency}")
+    if task.answer_kind not in (None, "text", "number", "choice"):
+        raise ConfigError(f"{key}.answer_kind: '{task.answer_kind}' is not known; choose text, number or choice")
+    if task.answer_kind == "choice" and not (task.choices or task.labels):
+        raise ConfigError(f"{key}.answer_kind: choice needs the answers to choose from: give `choices: [a, b]` "
+                          "(or `labels:` for the label metric)")
 
 
 def load_eval_config(path: str | Path | None = None, overrides: list[str] | None = None,

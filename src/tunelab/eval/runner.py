@@ -43,6 +43,8 @@ def prepare(task: TaskConfig) -> Prepared:
         data = taskdata.prompted(task, need_gold=task.kind == "generate")
         if task.kind == "generate":
             _check_golds(task, data)
+        if taskdata.uses_prompting(task):  # examples are chosen once, before any model loads
+            data = taskdata.with_prompting(task, data)
     else:
         data = taskdata.bias_pairs(task)
     n = len(data[0]) if isinstance(data, tuple) else len(data.prompts) if hasattr(data, "prompts") else len(data)
@@ -137,13 +139,33 @@ def run_task(model, tokenizer, prepared: Prepared, batch_size: int, console: Con
     decoding = DecodingConfig(max_new_tokens=task.max_new_tokens, temperature=task.temperature, top_p=task.top_p,
                               top_k=task.top_k, repetition_penalty=task.repetition_penalty, stop=task.stop,
                               seed=task.seed if task.temperature > 0 else None)
+    from tunelab.eval.metrics import score_generations
+
+    if taskdata.uses_prompting(task):
+        return _run_prompting(model, tokenizer, prepared, decoding, batch_size)
     outputs = generate(model, tokenizer, data.prompts, decoding, batch_size=batch_size, system=task.system,
                        chat=task.chat)
     if task.kind == "judge":
         return {"n": len(outputs)}, outputs
-    from tunelab.eval.metrics import score_generations
-
     return {"n": len(outputs), **score_generations(task.metrics, outputs, data.golds, {"labels": task.labels})}, outputs
+
+
+def _run_prompting(model, tokenizer, prepared: Prepared, decoding, batch_size: int) -> tuple[dict, list]:
+    """A generate task through the prompting route: scored on the final answers when chain-of-thought or
+    self-consistency reads them out of the outputs, on the outputs otherwise."""
+    from tunelab.eval.metrics import score_generations
+    from tunelab.prompting import answer
+
+    task, data = prepared.config, prepared.data
+    cfg = taskdata.prompting_config(task)
+    results = answer((model, tokenizer), data.prompts, cfg, decoding, system=task.system, batch_size=batch_size)
+    preds = [r.answer or "" for r in results]
+    figures = {"n": len(results), **score_generations(task.metrics, preds, data.golds, {"labels": task.labels})}
+    if cfg.reads_answers:
+        figures["answered"] = round(sum(r.answer is not None for r in results) / max(len(results), 1), 5)
+    rows = [{"output": r.text, **({"answer": r.answer} if cfg.reads_answers else {}),
+             **({"votes": r.votes, "samples": r.samples} if r.votes is not None else {})} for r in results]
+    return figures, rows
 
 
 def _prompt_text(prompt) -> str:
@@ -195,8 +217,9 @@ def slug(name: str) -> str:
 
 def _save_samples(folder: Path, p: Prepared, model: str, rows: list) -> None:
     """samples/<task>.<model>.jsonl: each example's prediction, for reading what the figures summarise."""
-    if hasattr(p.data, "prompts"):  # generations: with their prompt and gold
-        rows = [{"prompt": q, "gold": g, "output": o} for q, g, o in zip(p.data.prompts, p.data.golds, rows)]
+    if hasattr(p.data, "prompts"):  # generations: with their prompt and gold (and final answer, votes)
+        rows = [{"prompt": q, "gold": g, **(o if isinstance(o, dict) else {"output": o})}
+                for q, g, o in zip(p.data.prompts, p.data.golds, rows)]
     path = folder / "samples" / f"{slug(p.config.name)}.{slug(model)}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -182,6 +182,40 @@ def prompted(task: TaskConfig, need_gold: bool) -> Prompted:
     return out
 
 
+def uses_prompting(task: TaskConfig) -> bool:
+    """Whether a generate task goes through the prompting route (few-shot, chain-of-thought, voting)."""
+    return task.kind == "generate" and bool(task.num_fewshot or task.cot or task.self_consistency > 1)
+
+
+def prompting_config(task: TaskConfig):
+    """The task's prompting options as a `tunelab.prompting.PromptingConfig`."""
+    from tunelab.prompting import PromptingConfig
+
+    kind = task.answer_kind or ("number" if "numeric" in task.metrics else "text")
+    return PromptingConfig(instruction=task.description or None, fewshot_file=task.fewshot_file or task.file,
+                           k=task.num_fewshot, select=task.fewshot_select,
+                           embedder=task.fewshot_embedder, chat=task.chat, cot=task.cot, answer_kind=kind,
+                           choices=list(task.choices or task.labels), samples=task.self_consistency,
+                           temperature=task.temperature or 0.7, seed=task.seed, delimiter=task.fewshot_delimiter,
+                           target_delimiter=task.target_delimiter)
+
+
+def with_prompting(task: TaskConfig, data: Prompted, embedder=None) -> Prompted:
+    """The prompts with few-shot examples (from `fewshot_file`, else the task's whole file, never the
+    question itself) and the chain-of-thought request. Examples are read as the questions are."""
+    from tunelab.prompting import PromptTemplate, build_prompts
+    from tunelab.prompting.fewshot import example_of
+
+    pool = None
+    if task.num_fewshot:
+        template = PromptTemplate(task.name, input=task.template) if task.template is not None else None
+        unlimited = TaskConfig(**{**vars(task), "limit": None})
+        pool = [example_of(r, task.prompt_field, task.answer_field, template)
+                for r in read_task_records(unlimited, task.fewshot_file or task.file)]
+    data.prompts = build_prompts(prompting_config(task), data.prompts, pool=pool, embedder=embedder)
+    return data
+
+
 def _messages(record: Record, task: TaskConfig) -> list[dict]:
     messages = record.data["messages"]
     if not task.chat:

