@@ -73,3 +73,49 @@ def torch_threads(request):
         torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    from tunelab.models.hub import embedder_folder
+
+    return AutoTokenizer.from_pretrained(str(embedder_folder("all-minilm-l6-v2")))
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder_dir(tmp_path_factory) -> Path:
+    """A 2-layer random BERT with the MiniLM vocabulary, saved as a sentence-transformers folder (mean pooling,
+    unit vectors): `Embedder(str(folder))` loads it."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("tiny-embedder")
+    tokenizer = _minilm_tokenizer()
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=512))
+    bert.save_pretrained(root / "bert")
+    tokenizer.save_pretrained(root / "bert")
+    word = models.Transformer(str(root / "bert"), max_seq_length=256)
+    folder = root / "model"
+    SentenceTransformer(modules=[word, models.Pooling(word.get_word_embedding_dimension(), "mean"),
+                                 models.Normalize()], device="cpu").save(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder_dir(tmp_path_factory) -> Path:
+    """A 2-layer random BERT scoring (question, passage) pairs with one output: a cross-encoder folder."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-cross-encoder") / "model"
+    tokenizer = _minilm_tokenizer()
+    torch.manual_seed(1)
+    model = BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=64, num_labels=1))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def _stemmer():
 def tokenize(texts: list[str]):
     import bm25s
 
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets DEBUG on import and logs each index build
     return bm25s.tokenize(texts, stopwords="en", stemmer=_stemmer(), show_progress=False)
 
 

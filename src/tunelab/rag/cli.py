@@ -203,8 +203,8 @@ def add_parser(sub) -> None:
     p = commands.add_parser("index", help="add files and folders to a store (re-running adds only what changed)")
     p.add_argument("paths", nargs="+", help=".txt .md .html .pdf .docx .json .jsonl files, or folders of them")
     p.add_argument("--store", required=True, help="the store folder (created if missing)")
-    p.add_argument("--backend", default="lance", help="lance (embedded, default) | qdrant (a server with --url, "
-                   "else local mode in the store folder)")
+    p.add_argument("--backend", default=None, help="for a new store: lance (embedded, default) | qdrant (a server "
+                   "with --url, else local mode in the store folder); an existing store keeps its own")
     p.add_argument("--url", default=None, help="Qdrant server URL, e.g. http://localhost:6333")
     p.add_argument("--embedder", default="all-minilm-l6-v2", help="sentence-transformers model (packaged "
                    "all-minilm-l6-v2, a folder or a Hub id)")

@@ -144,7 +144,8 @@ def answer_metrics(answers: list, questions: list[QA], judge=None) -> dict:
     out = {"answered": len(answers), "refused": round(sum(a.refused for a in answers) / len(answers), 4),
            "cites": round(sum(bool(a.citations) for a in answers) / len(answers), 4)}
     if graded:
-        preds, golds = [a.text for a, _ in graded], [q.answers for _, q in graded]
+        preds = [re.sub(r"\s*\[\d+(?:\s*[,;]\s*\d+)*\]", "", a.text) for a, _ in graded]  # without [n] markers
+        golds = [q.answers for _, q in graded]
         out["exact_match"], out["f1"] = exact_match(preds, golds), token_f1(preds, golds)
     claims = [c for a in answers if not a.refused for c in cited_claims(a)]
     out["claims"] = len(claims)

@@ -15,9 +15,13 @@ import re
 import secrets
 
 INJECTION_PATTERNS = {
-    "override": r"\b(ignore|disregard|forget|override|bypass)\b.{0,40}\b(instructions?|rules|prompts?|directions|"
-                r"guidelines|system)\b",
-    "role change": r"\b(you are now|from now on,? you|act as|pretend (to be|you are)|new (role|persona))\b",
+    "override": r"\b(ignore|disregard|forget|override|bypass)\s+(all\s+|any\s+|of\s+)*(the\s+|your\s+|my\s+)?"
+                r"(previous|prior|above|earlier|preceding|original|system|safety)\s+(instructions?|prompts?|directions|"
+                r"guidelines|rules|messages?)\b|\b(ignore|disregard|forget)\s+(all\s+|any\s+)?(the\s+|your\s+)?"
+                r"(instructions?|prompts?)\b|\b(ignore|disregard|forget|override|bypass)\s+(all\s+)?(the\s+|your\s+|these\s+|"
+                r"those\s+)?(instructions?|prompts?|rules|guidelines)\s+(above|before|you (were|have been) given)\b",
+    "role change": r"\b(you are now|from now on,? you|pretend (to be|you are)|new (role|persona))\b|\b(act|behave) as "
+                   r"(an?|the|my)\s+(unrestricted\s+|different\s+)?(ai|assistant|model|chatbot|system|bot)\b",
     "system prompt": r"\b(system prompt|new instructions?|developer mode|jailbreak)\b",
     "template token": r"<\|[a-z_]+\|>|\[/?INST\]|<</?SYS>>|^\s*#{2,3}\s*(system|instruction)\b",
     "role line": r"^\s*(system|assistant)\s*:",

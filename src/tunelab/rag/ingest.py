@@ -60,13 +60,14 @@ def store_lock(store_dir: Path):
 
 
 def index(paths: list[str | Path], store_dir: str | Path, *, embedder: str | Embedder = DEFAULT_EMBEDDER,
-          split: SplitConfig | None = None, backend: str = "lance", url: str | None = None, field: str = "text",
+          split: SplitConfig | None = None, backend: str | None = None, url: str | None = None, field: str = "text",
           prune: bool = False, progress: Callable[[str, int, int], None] | None = None) -> IndexReport:
     """Index files and folders into the store at `store_dir` (created if missing).
 
     Args:
         embedder: a name (`all-minilm-l6-v2`, a folder, a Hub id) or a loaded Embedder. An existing
-            store keeps the embedder and split settings it was built with.
+            store keeps the embedder, split settings and backend it was built with.
+        backend: lance (default for a new store) or qdrant; `url` for a Qdrant server.
         field: the text field of JSON/JSONL records (dotted for nested ones).
         prune: also remove the chunks of files that are gone from the folders given.
         progress: called as (stage, done, total) while reading and embedding.
@@ -88,12 +89,12 @@ def index(paths: list[str | Path], store_dir: str | Path, *, embedder: str | Emb
             raise ConfigError(f"--embedder {name}: {store_dir} was built with {info.embedder}; its vectors cannot "
                               "be mixed with another model's. Index into a new --store")
         embedder = embedder if isinstance(embedder, Embedder) else info.embedder
-        split = SplitConfig(**info.split)
+        split, backend, url = SplitConfig(**info.split), backend or info.backend, url or info.url
     split = (split or SplitConfig()).check()
     model = embedder if isinstance(embedder, Embedder) else Embedder(embedder)
     splitter = Splitter(split, load_tokenizer(split.tokenizer, model) if split.kind == "tokens" else None)
     with store_lock(store_dir):
-        store = open_store(store_dir, StoreInfo(backend=backend, embedder=model.name, dim=model.dim, url=url,
+        store = open_store(store_dir, StoreInfo(backend=backend or "lance", embedder=model.name, dim=model.dim, url=url,
                                                 split=asdict(split)))
         try:
             manifest = store.manifest()

@@ -87,7 +87,7 @@ def read_text(data: bytes) -> str:
 
 # ---------------------------------------------------------------- HTML
 
-_DROP = ("script", "style", "noscript", "template", "nav", "footer", "header", "aside", "form", "svg", "head")
+_DROP = ("script", "style", "noscript", "template", "nav", "footer", "aside", "form", "svg", "head")
 _BLOCKS = {"p", "div", "section", "article", "main", "ul", "ol", "li", "table", "tr", "pre", "blockquote", "br",
            "hr", "dl", "dt", "dd", "figure", "figcaption", "h1", "h2", "h3", "h4", "h5", "h6"}
 

@@ -70,7 +70,10 @@ class Splitter:
         return chunks
 
     def _merge_short(self, pieces: list[tuple[int, str]], text: str) -> list[tuple[int, str]]:
-        """Join a short piece (a lone heading, a one-line section) to the next one when both fit in one chunk."""
+        """Join a lone heading to the section after it, and a short piece to the next when both fit.
+
+        A heading may push its chunk past `size` by its own length: it belongs with its text.
+        """
         if self.cfg.kind == "tokens":
             return pieces
         out: list[tuple[int, str]] = []
@@ -78,12 +81,18 @@ class Splitter:
             if out:
                 prev_start, prev = out[-1]
                 gap = text[prev_start + len(prev):start]
+                heading = _heading_only(prev)
                 if (len(prev) < self.cfg.size // 4 and start >= prev_start + len(prev) and not gap.strip()
-                        and start + len(piece) - prev_start <= self.cfg.size):
+                        and not _heading_only(piece)  # a heading starts the next section: it goes forward
+                        and start + len(piece) - prev_start <= self.cfg.size + (len(prev) if heading else 0)):
                     out[-1] = (prev_start, text[prev_start:start + len(piece)])
                     continue
             out.append((start, piece))
         return out
+
+
+def _heading_only(piece: str) -> bool:
+    return all(line.lstrip().startswith("#") for line in piece.splitlines() if line.strip())
 
 
 class HeadingIndex:

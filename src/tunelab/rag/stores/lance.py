@@ -36,8 +36,10 @@ def sql(conditions: list[Condition]) -> str | None:
     for c in conditions:
         if c.op == "in":
             parts.append(f"{c.field} IN ({', '.join(_quote(v) for v in c.value)})")
+        elif c.op == "!=":  # SQL's <> is never true for NULL; a chunk with no page is not page 2
+            parts.append(f"({c.field} IS NULL OR {c.field} <> {_quote(c.value)})")
         else:
-            parts.append(f"{c.field} {'<>' if c.op == '!=' else c.op} {_quote(c.value)}")
+            parts.append(f"{c.field} {c.op} {_quote(c.value)}")
     return " AND ".join(parts) or None
 
 
@@ -49,7 +51,10 @@ class LanceStore:
         import pyarrow as pa
 
         self.info = info
-        self.db = lancedb.connect(str(path))
+        from datetime import timedelta
+
+        # read_consistency_interval 0: every read sees the latest commit, also one made by another ingest
+        self.db = lancedb.connect(str(path), read_consistency_interval=timedelta(0))
         self.schema = pa.schema([
             pa.field("id", pa.string()), pa.field("source", pa.string()), pa.field("doc_hash", pa.string()),
             pa.field("page", pa.int32()), pa.field("headings", pa.string()), pa.field("start", pa.int64()),

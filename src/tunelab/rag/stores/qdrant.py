@@ -79,8 +79,9 @@ class QdrantStore:
             self.client.upsert(self.name, points=points[start:start + BATCH], wait=True)
         for source, cs in chunks.items():  # then the old chunks of these files, now replaced
             stale = [self.models.FieldCondition(key="source", match=self.models.MatchValue(value=source))]
-            keep = [self.models.FieldCondition(key="doc_hash", match=self.models.MatchValue(value=cs[0].doc_hash))]
-            selector = self.models.FilterSelector(filter=self.models.Filter(must=stale, must_not=keep if cs else None))
+            keep = [self.models.FieldCondition(key="doc_hash", match=self.models.MatchValue(value=cs[0].doc_hash))
+                    ] if cs else None  # no chunks: the file is gone, remove all of its points
+            selector = self.models.FilterSelector(filter=self.models.Filter(must=stale, must_not=keep))
             self.client.delete(self.name, points_selector=selector, wait=True)
 
     def _payloads(self, fields: list[str] | bool = True, with_vectors: bool = False):
