@@ -2,7 +2,8 @@
 
 (a) xquad_en: its 120 passages indexed with tunelab's defaults (packaged all-MiniLM-L6-v2, 600/100-char
     recursive chunks), its 612 questions asked of dense, BM25 and hybrid retrieval:
-    hit@k, recall@k, MRR@10, nDCG@10 side by side. Then grounded answers from the default
+    hit@k, recall@k, MRR@10, nDCG@10 side by side (hybrid by its default convex fusion, and by
+    reciprocal rank fusion). Then grounded answers from the default
     model for the first --answers questions (hybrid): exact match, F1, faithfulness.
 (b) ingest throughput, embedding included: `tunelab.rag.index` of --ingest-chunks chunks of
     wikitext-2 text into a new LanceDB store, against sentence-transformers' `encode` alone on the
@@ -15,7 +16,7 @@
       - brute-force numpy, the baseline: embed (on one torch thread, as tunelab does), `X @ q` over a matrix
         in RAM, argpartition, texts from a list;
       - LanceDB's own flat search of the same table, no index;
-      - tunelab hybrid retrieval (dense + BM25 over 100,000 chunks, fused).
+      - tunelab hybrid retrieval (dense + BM25 over 100,000 chunks, convex fusion).
 
     python bench/rag.py                  # about 6 minutes on 2 CPU cores
     python bench/rag.py --parts c        # one part
@@ -46,8 +47,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def part_a(work: Path, n_answers: int) -> dict:
-    from tunelab.rag import index
-    from tunelab.rag.cli import retrieval_table
+    from tunelab.rag import RetrievalConfig, index
     from tunelab.rag.eval import answer_metrics, evaluate, read_qa
 
     store = work / "xquad"
@@ -58,15 +58,17 @@ def part_a(work: Path, n_answers: int) -> dict:
     t = time.perf_counter()
     result = evaluate(XQUAD, store)
     print(f"    612 questions x 3 modes in {time.perf_counter() - t:.1f} s\n")
-    print(retrieval_table(result))
-    print("\n| mode | " + " | ".join(k for k in result["retrieval"]["dense"] if "@" in k) + " |")
-    for mode, m in result["retrieval"].items():
+    rank_fusion = evaluate(XQUAD, store, modes=("hybrid",), retrieval=RetrievalConfig(fusion="rrf"))
+    rows = {**result["retrieval"], "hybrid, rank fusion (--fusion rrf)": rank_fusion["retrieval"]["hybrid"]}
+    print("| mode | " + " | ".join(k for k in result["retrieval"]["dense"] if "@" in k) + " |")
+    print("|---" * (1 + sum("@" in k for k in result["retrieval"]["dense"])) + "|")
+    for mode, m in rows.items():
         print(f"| {mode} | " + " | ".join(f"{v:.4f}" for k, v in m.items() if "@" in k) + " |")
     figures = {f"recall5_{m}": result["retrieval"][m]["recall@5"] for m in ("dense", "bm25", "hybrid")}
     if n_answers:
         from tunelab.eval.judge import LocalJudge
         from tunelab.infer.load import load_engine
-        from tunelab.rag import RagConfig, RagPipeline, RetrievalConfig
+        from tunelab.rag import RagConfig, RagPipeline
 
         engine = load_engine(None, max_batch_size=8)
         pipeline = RagPipeline(store, engine, RagConfig(retrieval=RetrievalConfig(mode="hybrid", k=3),
@@ -192,7 +194,7 @@ def part_c(work: Path, n: int, n_queries: int) -> dict:
     bm25_build = time.perf_counter() - t
     hybrid = timed(hybrid_retriever.retrieve)
     rows = [("tunelab dense (exact, in-memory matrix)", dense), ("brute-force numpy (baseline)", brute),
-            ("LanceDB flat search, no index", flat), ("tunelab hybrid (dense + BM25, RRF)", hybrid)]
+            ("LanceDB flat search, no index", flat), ("tunelab hybrid (dense + BM25, convex fusion)", hybrid)]
     print(f"    {n_queries} queries, query embedding included, torch threads {torch.get_num_threads()}; first dense "
           f"query {first:.2f} s (loads the vectors), first hybrid query {bm25_build:.1f} s (builds BM25)")
     print(f"\n| {n:,} chunks | p50 ms | p95 ms | p95 vs numpy |\n|---|---|---|---|")

@@ -12,7 +12,7 @@ from tunelab.errors import ConfigError
 from tunelab.rag import ingest
 from tunelab.rag.bm25 import BM25Index
 from tunelab.rag.documents import Chunk
-from tunelab.rag.retrieve import HYDE_PROMPT, RetrievalConfig, Retriever, mmr, rrf
+from tunelab.rag.retrieve import HYDE_PROMPT, RetrievalConfig, Retriever, convex, mmr, rrf
 from tunelab.rag.split import SplitConfig
 from tunelab.rag.stores import Condition, Hit, matches, open_store, parse_filter
 
@@ -229,6 +229,29 @@ def test_rrf_sums_reciprocal_ranks():
     for hit in fused:
         assert hit.score == pytest.approx(expected[hit.chunk.id], abs=1e-12)
     assert [h.score for h in rrf([_hits("x", "y")], k=1)] == [pytest.approx(1 / 2), pytest.approx(1 / 3)]
+
+
+def _scored(**scores: float) -> list[Hit]:
+    return [Hit(Chunk(text=n, source=f"/{n}", doc_hash="h", id=n), s) for n, s in scores.items()]
+
+
+def test_convex_fusion_weighs_min_max_normalised_scores():
+    dense = _scored(a=0.9, b=0.7, c=0.5)  # normalised: a 1, b 0.5, c 0
+    sparse = _scored(c=12.0, d=4.0)  # normalised: c 1, d 0
+    fused = {h.chunk.id: h.score for h in convex([dense], [sparse], alpha=0.5)}
+    assert fused == pytest.approx({"a": 0.5, "b": 0.25, "c": 0.5, "d": 0.0})
+    fused = convex([dense], [sparse], alpha=0.8)
+    assert [h.chunk.id for h in fused][:2] == ["a", "b"] and fused[0].score == pytest.approx(0.8)
+    # two dense lists share the dense weight: a chunk first in both gets all of it
+    both = {h.chunk.id: h.score for h in convex([dense, _scored(a=0.3, e=0.1)], [], alpha=0.5)}
+    assert both["a"] == pytest.approx(0.5) and both["e"] == pytest.approx(0.0)
+
+
+def test_fusion_settings_are_checked():
+    with pytest.raises(ConfigError, match="fusion"):
+        RetrievalConfig(fusion="sum").check()
+    with pytest.raises(ConfigError, match="alpha"):
+        RetrievalConfig(alpha=1.5).check()
 
 
 def test_mmr_trades_relevance_for_diversity():

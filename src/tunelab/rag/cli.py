@@ -37,6 +37,7 @@ def _retrieval(args):
     from tunelab.rag.retrieve import RetrievalConfig
 
     return RetrievalConfig(mode=args.mode, k=args.k, min_score=args.min_score, candidates=max(args.candidates, args.k),
+                           fusion=args.fusion, alpha=args.alpha,
                            multi_query=args.multi_query, hyde=args.hyde, rerank=args.rerank, mmr=args.mmr,
                            mmr_lambda=args.mmr_lambda, where=args.where or []).check()
 
@@ -140,10 +141,11 @@ def cmd_eval(args) -> int:
     pipeline = engine = judge = None
     if args.model or args.adapter:
         pipeline, engine = _pipeline(args)
-    if args.judge:
+    if args.judge or args.judge_url:
         from tunelab.eval.judge import JudgeConfig, make_judge
 
-        judge = make_judge(JudgeConfig(model=args.judge))
+        judge = make_judge(JudgeConfig(model=args.judge, base_url=args.judge_url, endpoint_model=args.judge_model,
+                                       max_new_tokens=8))
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     try:
         with _progress() as progress:
@@ -172,7 +174,10 @@ def retrieval_table(report: dict) -> str:
 
 def _retrieval_flags(p: argparse.ArgumentParser, k: int = 5, min_score: float | None = None) -> None:
     p.add_argument("--store", required=True, help="the store folder tunelab rag index wrote")
-    p.add_argument("--mode", default="hybrid", help="dense | bm25 | hybrid (both, fused by reciprocal rank)")
+    p.add_argument("--mode", default="hybrid", help="dense | bm25 | hybrid (both, fused)")
+    p.add_argument("--fusion", default="convex", help="hybrid: convex (normalised scores, weighted by --alpha) | rrf "
+                   "(reciprocal rank fusion)")
+    p.add_argument("--alpha", type=float, default=0.5, help="convex fusion: the dense weight (BM25 gets 1 - alpha)")
     p.add_argument("-k", type=int, default=k, help="chunks to retrieve")
     p.add_argument("--min-score", type=float, default=min_score, help="least cosine similarity of a chunk to the "
                    "question; below it the chunk is dropped (and with none left, ask refuses)")
@@ -236,7 +241,9 @@ def add_parser(sub) -> None:
     _retrieval_flags(p)
     _answer_flags(p)
     p.add_argument("--modes", default="dense,bm25,hybrid", help="retrieval modes compared side by side")
-    p.add_argument("--judge", default=None, help="a judge model for faithfulness (else word overlap only)")
+    p.add_argument("--judge", default=None, help="a local judge model for faithfulness (else word overlap only)")
+    p.add_argument("--judge-url", default=None, help="an OpenAI-compatible judge endpoint (key from OPENAI_API_KEY)")
+    p.add_argument("--judge-model", default=None, help="the model name to ask the judge endpoint for")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
     p.add_argument("--output", default=None, help="write the report (with samples) to this JSON file")
     p.set_defaults(func=cmd_eval)

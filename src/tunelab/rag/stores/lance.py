@@ -3,8 +3,8 @@
 Writes: one `merge_insert` per batch of files, so the new chunks of every file in the batch
 and the removal of their old ones are one commit; a crash leaves the previous version.
 
-Search: LanceDB's own scan reads and decodes every vector on each query (about 150 ms at
-100,000 chunks on 2 cores), so without a filter the store keeps the vectors in memory, as one
+Search: LanceDB's own scan reads and decodes every vector on each query (60-150 ms at 100,000
+chunks on 2 cores), so without a filter the store keeps its rows in memory, the vectors as one
 matrix, and scores them all with a single matrix product: exact, and ~10 ms at 100,000 chunks.
 With a filter, LanceDB prefilters on its columns and scores only what passes. An ANN index
 (`create_index`) takes over for stores too large to hold in memory.
@@ -62,7 +62,7 @@ class LanceStore:
             pa.field("vector", pa.list_(pa.float32(), info.dim)),
         ])
         self.table = self.db.create_table(TABLE, schema=self.schema, exist_ok=True)
-        self._matrix: tuple[int, list[str], np.ndarray] | None = None  # (version, ids, vectors)
+        self._matrix = None  # (version, rows, vectors) for exact search in memory
 
     # ------------------------------------------------------------ writing
 
@@ -128,18 +128,13 @@ class LanceStore:
     def search(self, vector: np.ndarray, k: int, where: list[Condition] | None = None) -> list[Hit]:
         if where or self.table.list_indices() or self.count() > IN_MEMORY_LIMIT:
             return self._search_lance(vector, k, sql(where or []))
-        import torch
-
-        _, ids, matrix = self._vectors()
-        if not ids:
+        _, rows, matrix = self._in_memory()
+        if not len(matrix):
             return []
-        # one matrix product in torch: a single thread pool with the query embedding (mixing numpy's
-        # BLAS pool with torch's costs 4x at the tail on 2 cores)
-        scores = torch.from_numpy(matrix) @ torch.from_numpy(np.asarray(vector, dtype=np.float32))
-        top = torch.topk(scores, min(k, len(ids)))
-        chosen = [ids[i] for i in top.indices.tolist()]
-        chunks = {c.id: c for c in self._rows(chosen)}
-        return [Hit(chunks[i], float(s)) for i, s in zip(chosen, top.values.tolist()) if i in chunks]
+        scores = matrix @ np.asarray(vector, dtype=np.float32)  # BLAS on all cores: ~8 ms at 100,000 x 384
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [Hit(chunk_from_row(row), float(scores[i])) for i, row in zip(top, rows.take(top).to_pylist())]
 
     def _search_lance(self, vector: np.ndarray, k: int, where: str | None) -> list[Hit]:
         query = self.table.search(np.asarray(vector, dtype=np.float32)).distance_type("cosine")
@@ -148,19 +143,14 @@ class LanceStore:
         rows = query.limit(k).select(list(META_FIELDS) + ["_distance"]).to_list()
         return [Hit(chunk_from_row(r), 1.0 - float(r["_distance"])) for r in rows]
 
-    def _rows(self, ids: list[str]) -> list[Chunk]:
-        if not ids:
-            return []
-        table = self._scan(list(META_FIELDS), f"id IN ({', '.join(_quote(i) for i in ids)})")
-        return [chunk_from_row(row) for row in table.to_pylist()]
-
-    def _vectors(self) -> tuple[int, list[str], np.ndarray]:
-        """All vectors as one (n, dim) matrix, reloaded when the table has a new version."""
+    def _in_memory(self):
+        """(version, the rows without vectors as an Arrow table, their vectors as one (n, dim) matrix),
+        read once and again whenever the table has a new version."""
         version = self.table.version
         if self._matrix is None or self._matrix[0] != version:
-            table = self._scan(["id", "vector"])
+            table = self._scan(list(META_FIELDS) + ["vector"])
             vectors = table.column("vector").combine_chunks().flatten().to_numpy()
-            self._matrix = (version, table.column("id").to_pylist(),
+            self._matrix = (version, table.drop_columns(["vector"]).combine_chunks(),
                             np.array(vectors, dtype=np.float32).reshape(-1, self.info.dim))
         return self._matrix
 
