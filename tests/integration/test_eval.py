@@ -217,3 +217,24 @@ def test_task_specs_on_the_command_line(tmp_path):
     assert _task_spec("p.jsonl:judge:single", args)["mode"] == "single"
     endings = write_jsonl(tmp_path / "h.jsonl", [{"ctx": "c", "endings": ["a", "b"], "gold": 0}])
     assert _task_spec(str(endings), args) == {"file": str(endings), "kind": "choice", "choices_field": "endings"}
+
+
+def test_the_prompting_example_config(tiny_model_dir, tiny_embedder_dir, tmp_path, monkeypatch):
+    """examples/eval/prompting.yaml: zero-shot, few-shot (random, similar), chain-of-thought with votes."""
+    monkeypatch.chdir(ROOT)
+    cfg = load_eval_config(ROOT / "examples" / "eval" / "prompting.yaml", None,
+                           {"models": [{"name": "base", "model": str(tiny_model_dir)}], "output_dir": str(tmp_path),
+                            "run_name": "prompting", "dtype": "fp32"})
+    for task in cfg.tasks:
+        task.limit, task.max_new_tokens, task.fewshot_embedder = 4, 8, str(tiny_embedder_dir)
+    tasks = evaluate(cfg)["tasks"]
+    assert set(tasks) == {"reviews_zero_shot", "reviews_4shot_random", "reviews_4shot_similar", "arithmetic_cot_sc"}
+    for name in ("reviews_zero_shot", "reviews_4shot_random", "reviews_4shot_similar"):
+        assert tasks[name]["results"]["base"]["n"] == 4 and "label_accuracy" in tasks[name]["results"]["base"]
+    for name, turns in (("reviews_zero_shot", 1), ("reviews_4shot_similar", 9)):  # 4 solved examples, then the question
+        (path,) = (tmp_path / "prompting" / "samples").glob(f"{name}.*")
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert len(rows) == 4 and all(len(r["prompt"]) == turns if turns > 1 else isinstance(r["prompt"], str)
+                                      for r in rows)
+    voted = tasks["arithmetic_cot_sc"]["results"]["base"]
+    assert voted["n"] == 4 and "numeric_accuracy" in voted and "answered" in voted
