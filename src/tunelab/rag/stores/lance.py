@@ -62,7 +62,7 @@ class LanceStore:
             pa.field("vector", pa.list_(pa.float32(), info.dim)),
         ])
         self.table = self.db.create_table(TABLE, schema=self.schema, exist_ok=True)
-        self._matrix = None  # (version, rows, vectors) for exact search in memory
+        self._memory = None  # (version, rows, vectors, positions) for exact search in memory
 
     # ------------------------------------------------------------ writing
 
@@ -120,15 +120,23 @@ class LanceStore:
     def get(self, ids: list[str]) -> list[Chunk]:
         if not ids:
             return []
+        if self._exact():  # the rows are in memory already: no scan of the table for a handful of ids
+            _, rows, matrix, positions = self._in_memory()
+            found = [positions[i] for i in ids if i in positions]
+            return [chunk_from_row(row, matrix[p]) for p, row in zip(found, rows.take(found).to_pylist())]
         table = self._scan(list(META_FIELDS) + ["vector"], f"id IN ({', '.join(_quote(i) for i in ids)})")
-        found = {row["id"]: chunk_from_row(row, np.asarray(row["vector"], dtype=np.float32))
+        by_id = {row["id"]: chunk_from_row(row, np.asarray(row["vector"], dtype=np.float32))
                  for row in table.to_pylist()}
-        return [found[i] for i in ids if i in found]
+        return [by_id[i] for i in ids if i in by_id]
+
+    def _exact(self) -> bool:
+        """Whether searches run exactly in memory: no ANN index, and few enough rows to hold."""
+        return not self.table.list_indices() and self.count() <= IN_MEMORY_LIMIT
 
     def search(self, vector: np.ndarray, k: int, where: list[Condition] | None = None) -> list[Hit]:
-        if where or self.table.list_indices() or self.count() > IN_MEMORY_LIMIT:
+        if where or not self._exact():
             return self._search_lance(vector, k, sql(where or []))
-        _, rows, matrix = self._in_memory()
+        _, rows, matrix, _ = self._in_memory()
         if not len(matrix):
             return []
         scores = matrix @ np.asarray(vector, dtype=np.float32)  # BLAS on all cores: ~8 ms at 100,000 x 384
@@ -144,15 +152,17 @@ class LanceStore:
         return [Hit(chunk_from_row(r), 1.0 - float(r["_distance"])) for r in rows]
 
     def _in_memory(self):
-        """(version, the rows without vectors as an Arrow table, their vectors as one (n, dim) matrix),
-        read once and again whenever the table has a new version."""
+        """(version, the rows without vectors as an Arrow table, their vectors as one (n, dim) matrix,
+        {id: row position}), read once and again whenever the table has a new version."""
         version = self.table.version
-        if self._matrix is None or self._matrix[0] != version:
+        if self._memory is None or self._memory[0] != version:
             table = self._scan(list(META_FIELDS) + ["vector"])
             vectors = table.column("vector").combine_chunks().flatten().to_numpy()
-            self._matrix = (version, table.drop_columns(["vector"]).combine_chunks(),
-                            np.array(vectors, dtype=np.float32).reshape(-1, self.info.dim))
-        return self._matrix
+            ids = table.column("id").to_pylist()
+            self._memory = (version, table.drop_columns(["vector"]).combine_chunks(),
+                            np.array(vectors, dtype=np.float32).reshape(-1, self.info.dim),
+                            {i: p for p, i in enumerate(ids)})
+        return self._memory
 
     def close(self) -> None:
-        self._matrix = None
+        self._memory = None

@@ -7,6 +7,8 @@ which runs the same code and suits small stores and tests.
 Writes are not one transaction here, so they go in an order that is safe to interrupt: a file's
 new chunks first, then the removal of chunks carrying an older hash. Each chunk records how many
 chunks its file has, so a file cut off halfway counts as incomplete and the next ingest redoes it.
+A second, one-point collection holds the store's version, renewed by every write, so readers
+(the BM25 index) learn of a change without scanning the chunks.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class QdrantStore:
         except RuntimeError as e:  # local mode: one process per folder
             raise ConfigError(f"{path}: {e}; close the other process using this store first") from None
         self.name = info.collection
+        self.meta = f"{info.collection}-meta"  # one point whose payload is the store's version, new on each write
+        if not self.client.collection_exists(self.meta):
+            self.client.create_collection(self.meta, vectors_config=models.VectorParams(
+                size=1, distance=models.Distance.DOT))
         if not self.client.collection_exists(self.name):
             self.client.create_collection(self.name, vectors_config=models.VectorParams(
                 size=info.dim, distance=models.Distance.COSINE))
@@ -83,6 +89,8 @@ class QdrantStore:
                     ] if cs else None  # no chunks: the file is gone, remove all of its points
             selector = self.models.FilterSelector(filter=self.models.Filter(must=stale, must_not=keep))
             self.client.delete(self.name, points_selector=selector, wait=True)
+        self.client.upsert(self.meta, points=[self.models.PointStruct(id=0, vector=[1.0], payload={
+            "version": uuid.uuid4().hex})], wait=True)
 
     def _payloads(self, fields: list[str] | bool = True, with_vectors: bool = False):
         offset = None
@@ -109,12 +117,8 @@ class QdrantStore:
         return self.client.count(self.name, exact=True).count
 
     def version(self) -> str:
-        import hashlib
-
-        digest = hashlib.sha256()
-        for source, (h, n, _) in sorted(self.manifest().items()):
-            digest.update(f"{source}\0{h}\0{n}\n".encode())
-        return digest.hexdigest()[:16]
+        points = self.client.retrieve(self.meta, ids=[0], with_payload=True)
+        return points[0].payload["version"] if points else "empty"
 
     def chunks(self) -> list[Chunk]:
         return [chunk_from_row(p.payload) for p in self._payloads()]
