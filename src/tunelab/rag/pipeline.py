@@ -196,7 +196,7 @@ class RagPipeline:
             if sources:
                 answer.messages = build_messages(standalone, sources, self.cfg, self.special_tokens)
                 decoding = DecodingConfig(max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
-                                          seed=self.cfg.seed)
+                                          seed=self.cfg.seed, stop=["<<<"])  # a model echoing a fence has finished
                 requests.append(Request(answer.messages, decoding))
                 pending.append(answer)
         for answer, completion in zip(pending, generate(self.engine, requests)):
