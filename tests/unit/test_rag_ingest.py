@@ -504,3 +504,28 @@ def test_ten_thousand_small_files_index_in_few_commits(tmp_path, embedder, monke
     store = open_store(store_dir)
     assert store.version() == version and store.count() == 10_000
     store.close()
+
+
+def test_an_ann_index_serves_searches_once_built(tmp_path, embedder):
+    from tunelab.rag.retrieve import RetrievalConfig, Retriever
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    words = ["river", "mountain", "forest", "desert", "ocean", "valley", "glacier", "meadow", "canyon", "island"]
+    for i in range(300):
+        (docs / f"{i:03d}.txt").write_text(f"Note {i}: the {words[i % 10]} near {words[i // 10 % 10]} town {i}.")
+    with pytest.raises(ConfigError, match="--ann"):
+        ingest.index([docs], tmp_path / "q", embedder=embedder, backend="qdrant", ann=True)
+    store_dir = tmp_path / "store"
+    ingest.index([docs], store_dir, embedder=embedder, ann=True)
+    store = open_store(store_dir)
+    try:
+        assert store.table.list_indices() and not store._exact()
+        target = next(c for c in store.chunks() if c.source.endswith("/123.txt"))
+        hits = store.search(embedder.embed_query(target.text), 3)
+        assert hits[0].chunk.id == target.id and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    finally:
+        store.close()
+    retriever = Retriever(store_dir, RetrievalConfig(mode="dense", k=1), embedder=embedder)
+    assert retriever.retrieve(target.text)[0].chunk.id == target.id
+    retriever.close()

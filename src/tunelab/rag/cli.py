@@ -51,7 +51,7 @@ def cmd_index(args) -> int:
                         tokenizer=args.tokenizer).check()
     with _progress() as progress:
         report = index(args.paths, args.store, embedder=args.embedder, split=split, backend=args.backend,
-                       url=args.url, field=args.field, prune=args.prune, progress=progress)
+                       url=args.url, field=args.field, prune=args.prune, ann=args.ann, progress=progress)
     for path, why in report.skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
     print(f"{args.store}: {report.indexed} files indexed ({report.chunks} chunks, {report.chunks_per_s:.0f} chunks/s), "
@@ -220,6 +220,8 @@ def add_parser(sub) -> None:
     p.add_argument("--tokenizer", default="embedder", help="for --split tokens: embedder (its own) or a model name")
     p.add_argument("--field", default="text", help="the text field of JSON/JSONL records (dotted for nested ones)")
     p.add_argument("--prune", action="store_true", help="also remove files that are gone from the folders given")
+    p.add_argument("--ann", action="store_true", help="build an approximate index (IVF_FLAT) for stores beyond a few "
+                   "million chunks; smaller stores are searched exactly in memory")
     p.set_defaults(func=cmd_index)
 
     p = commands.add_parser("search", help="the chunks retrieval finds for a query, with scores")

@@ -61,7 +61,8 @@ def store_lock(store_dir: Path):
 
 def index(paths: list[str | Path], store_dir: str | Path, *, embedder: str | Embedder = DEFAULT_EMBEDDER,
           split: SplitConfig | None = None, backend: str | None = None, url: str | None = None, field: str = "text",
-          prune: bool = False, progress: Callable[[str, int, int], None] | None = None) -> IndexReport:
+          prune: bool = False, ann: bool = False,
+          progress: Callable[[str, int, int], None] | None = None) -> IndexReport:
     """Index files and folders into the store at `store_dir` (created if missing).
 
     Args:
@@ -70,6 +71,8 @@ def index(paths: list[str | Path], store_dir: str | Path, *, embedder: str | Emb
         backend: lance (default for a new store) or qdrant; `url` for a Qdrant server.
         field: the text field of JSON/JSONL records (dotted for nested ones).
         prune: also remove the chunks of files that are gone from the folders given.
+        ann: (re)build an approximate-nearest-neighbour index (LanceDB IVF_FLAT) for stores too large
+            to search exactly in memory; searches then use it.
         progress: called as (stage, done, total) while reading and embedding.
     Returns:
         an IndexReport. Raises DataError for a path that does not exist, ConfigError for
@@ -90,6 +93,8 @@ def index(paths: list[str | Path], store_dir: str | Path, *, embedder: str | Emb
                               "be mixed with another model's. Index into a new --store")
         embedder = embedder if isinstance(embedder, Embedder) else info.embedder
         split, backend, url = SplitConfig(**info.split), backend or info.backend, url or info.url
+    if ann and backend == "qdrant":
+        raise ConfigError("--ann: the Qdrant backend indexes its vectors itself (HNSW); leave --ann out")
     split = (split or SplitConfig()).check()
     model = embedder if isinstance(embedder, Embedder) else Embedder(embedder)
     splitter = Splitter(split, load_tokenizer(split.tokenizer, model) if split.kind == "tokens" else None)
@@ -110,6 +115,8 @@ def index(paths: list[str | Path], store_dir: str | Path, *, embedder: str | Emb
             _embed_and_write(store, model, todo, report, progress)
             if (report.chunks or report.removed) and hasattr(store, "optimize"):
                 store.optimize()
+            if ann:
+                store.create_index()
             BM25Index.load(store_dir, store)  # rebuilt when the store changed
             report.store_chunks = store.count()
         finally:
