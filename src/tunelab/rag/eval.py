@@ -109,19 +109,15 @@ def retrieval_metrics(ranked: list[list[Chunk]], questions: list[QA], store_chun
     return out
 
 
-def _sentences(text: str) -> list[str]:
-    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
-
-
 def cited_claims(answer) -> list[tuple[str, list[Chunk]]]:
     """(sentence without its markers, the chunks it cites) for each sentence of an answer that cites."""
-    from tunelab.rag.pipeline import parse_citations
+    from tunelab.rag.pipeline import parse_citations, sentences, strip_citations
 
     by_number = {s.number: s.chunk for s in answer.sources}
     claims = []
-    for sentence in _sentences(answer.text):
+    for sentence in sentences(answer.text):
         numbers = parse_citations(sentence, len(answer.sources))
-        claim = re.sub(r"\s*\[\d+(?:\s*[,;]\s*\d+)*\]", "", sentence).strip()
+        claim = strip_citations(sentence).strip()
         if numbers and claim:
             claims.append((claim, [by_number[i] for i in numbers]))
     return claims
@@ -144,7 +140,9 @@ def answer_metrics(answers: list, questions: list[QA], judge=None) -> dict:
     out = {"answered": len(answers), "refused": round(sum(a.refused for a in answers) / len(answers), 4),
            "cites": round(sum(bool(a.citations) for a in answers) / len(answers), 4)}
     if graded:
-        preds = [re.sub(r"\s*\[\d+(?:\s*[,;]\s*\d+)*\]", "", a.text) for a, _ in graded]  # without [n] markers
+        from tunelab.rag.pipeline import strip_citations
+
+        preds = [strip_citations(a.text) for a, _ in graded]  # scored without the [n] markers
         golds = [q.answers for _, q in graded]
         out["exact_match"], out["f1"] = exact_match(preds, golds), token_f1(preds, golds)
     claims = [c for a in answers if not a.refused for c in cited_claims(a)]

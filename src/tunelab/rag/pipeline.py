@@ -90,10 +90,23 @@ class Answer:
     messages: list[dict] = field(default_factory=list, repr=False)  # the prompt, for inspection
 
 
+CITATION = re.compile(r"\s*\[(\d+(?:\s*[,;]\s*\d+)*)\]")  # [1], [2, 3]
+
+
+def strip_citations(text: str) -> str:
+    """The text without its [n] markers."""
+    return CITATION.sub("", text)
+
+
+def sentences(text: str) -> list[str]:
+    """The text cut after each . ! or ?"""
+    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
+
+
 def parse_citations(text: str, n_sources: int) -> list[int]:
     """Source numbers cited as [1], [2, 3] or [1][4], in order of first mention, only those in 1..n_sources."""
     seen: list[int] = []
-    for group in re.findall(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]", text):
+    for group in CITATION.findall(text):
         for number in map(int, re.split(r"[,;]", group)):
             if 1 <= number <= n_sources and number not in seen:
                 seen.append(number)
@@ -114,7 +127,7 @@ def attribute(text: str, sources: list[Source], min_overlap: float = 0.5) -> tup
     """
     vocab = [_words(s.chunk.text) for s in sources]
     out, cited = [], []
-    for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
+    for sentence in sentences(text):
         words = _words(sentence)
         best = max(range(len(sources)), key=lambda i: len(words & vocab[i]), default=None)
         if words and best is not None and len(words & vocab[best]) >= min_overlap * len(words):

@@ -63,6 +63,7 @@ class LanceStore:
         ])
         self.table = self.db.create_table(TABLE, schema=self.schema, exist_ok=True)
         self._memory = None  # (version, rows, vectors, positions) for exact search in memory
+        self._exact_at: tuple[int, bool] | None = None  # (version, whether search runs in memory)
 
     # ------------------------------------------------------------ writing
 
@@ -130,8 +131,11 @@ class LanceStore:
         return [by_id[i] for i in ids if i in by_id]
 
     def _exact(self) -> bool:
-        """Whether searches run exactly in memory: no ANN index, and few enough rows to hold."""
-        return not self.table.list_indices() and self.count() <= IN_MEMORY_LIMIT
+        """Whether searches run exactly in memory: no ANN index, and few enough rows to hold (per version)."""
+        version = self.table.version
+        if self._exact_at is None or self._exact_at[0] != version:
+            self._exact_at = (version, not self.table.list_indices() and self.count() <= IN_MEMORY_LIMIT)
+        return self._exact_at[1]
 
     def search(self, vector: np.ndarray, k: int, where: list[Condition] | None = None) -> list[Hit]:
         if where or not self._exact():
