@@ -10,169 +10,145 @@ An eval config is YAML with these top-level keys (all optional but `tasks` or `h
          choices: [negative, positive], gold_field: label}
       - {name: wiki, kind: perplexity, file: wiki.txt, window: 1024, stride: 512}
       - {name: gsm, kind: generate, file: gsm.jsonl, template: "{question}", metrics: [numeric],
-         num_fewshot: 4, fewshot_select: similar, cot: true, self_consistency: 5}
+         num_fewshot: 4, fewshot_select: similar, cot: true, self_consistency: 5,
+         decoding: {max_new_tokens: 256}}
     judge: {model: smollm2-135m-instruct}   # or {base_url: http://host/v1, endpoint_model: gpt-x}
     harness: [hellaswag]         # lm-evaluation-harness task names (needs lm-eval and its data)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from tunelab.config import DEFAULT_MODEL, deep_merge, from_dict, parse_overrides, read_yaml
-from tunelab.errors import ConfigError
+from pydantic import field_validator, model_validator
+
+from tunelab.config import DEFAULT_MODEL, DecodingConfig, FewShotConfig, Options, Precision, deep_merge, opt, \
+    parse_overrides, read_yaml, validate
+from tunelab.config.options import fail, literal_values
 from tunelab.eval.judge import JudgeConfig
 
-KINDS = ("perplexity", "choice", "generate", "judge", "bias")
+TaskKind = Literal["perplexity", "choice", "generate", "judge", "bias"]
+KINDS = tuple(literal_values(TaskKind))
+TASK_MAX_NEW_TOKENS = 128  # a task's answers are short; a long one is cut here unless decoding says otherwise
 
 
-@dataclass
-class ModelSpec:
+class ModelSpec(Options):
     """One model of the comparison: a base (alias, folder, .gguf) plus an optional run folder."""
 
-    name: str = ""  # label in the report; default: the run folder's name or the model's
-    model: str | None = None  # default: the run's own base, else the first model's
-    adapter: str | None = None  # a tunelab run folder (adapter, head or full model)
+    name: str = opt("", "label in the report; default: the run folder's name or the model's")
+    model: str | None = opt(None, "alias, folder, .gguf or Hub id; default: the run's own base, else the first "
+                            "model's")
+    adapter: str | None = opt(None, "a tunelab run folder (adapter, head or full model)")
 
 
-@dataclass
-class TaskConfig:
-    """One task: a local data file, its kind, and how records become questions."""
+class TaskConfig(FewShotConfig):
+    """One task: a local data file, its kind, how records become questions, and how answers are scored.
 
-    name: str = ""
-    kind: str = "choice"  # perplexity | choice | generate | judge | bias
-    file: str = ""  # .jsonl / .json / .csv / .parquet records; .txt (or a folder of them) for perplexity
-    limit: int | None = None  # only the first N records
-    columns: dict[str, str] = field(default_factory=dict)  # rename the file's fields: {their_name: our_name}
-    template: str | None = None  # a record's fields into the context / prompt, e.g. "{question}\nAnswer:"
+    Few-shot, chain-of-thought and self-consistency options are the shared `FewShotConfig`;
+    how answers are generated is the shared `decoding` group.
+    """
+
+    name: str = opt("", "the task's name in the report; default the file's stem", aka=("task",))
+    kind: TaskKind = opt("choice", "what is measured: perplexity, multiple choice (log-likelihood), generation "
+                         "metrics, LLM-as-judge, bias probe", aka=("output_type", "type"))
+    file: str = opt("", ".jsonl / .json / .csv / .parquet records; .txt (or a folder of them) for perplexity",
+                    min_length=1, aka=("path", "dataset_path", "data_files"))
+    limit: int | None = opt(None, "only the first N records", ge=1)
+    columns: dict[str, str] = opt({}, "rename the file's fields: {their_name: our_name}", cli=False)
+    template: str | None = opt(None, "a record's fields into the context / prompt, e.g. \"{question}\\nAnswer:\"",
+                               aka=("doc_to_text",))
+    seed: int = opt(1234, "seed of few-shot example choice and of sampling", ge=0)
     # perplexity
-    text_field: str = "text"
-    window: int = 1024  # tokens the model reads at once
-    stride: int = 512  # tokens newly scored per window after the first
+    text_field: str = opt("text", "perplexity: the records' text field")
+    window: int = opt(1024, "perplexity: tokens the model reads at once", ge=2)
+    stride: int = opt(512, "perplexity: tokens newly scored per window after the first", ge=1)
     # choice
-    choices: list[str] | None = None  # the same endings for every record; else each record's `choices_field`
-    choices_field: str = "choices"
-    gold_field: str = "gold"  # an index into the choices, or the choice's text
-    target_delimiter: str = " "  # between context and ending, as in lm-evaluation-harness
-    num_fewshot: int = 0  # choice and generate tasks
-    fewshot_file: str | None = None  # default: the task's own file, never the question itself
-    fewshot_delimiter: str = "\n\n"
-    description: str = ""  # text before the few-shot examples
-    seed: int = 1234
-    fewshot_select: str = "random"  # generate: random | similar (the examples most like the question)
-    fewshot_embedder: str = "all-minilm-l6-v2"  # generate, fewshot_select similar: the sentence-transformers model
-    # generate: the prompting route (see tunelab.prompting)
-    cot: bool = False  # ask for step-by-step reasoning; score the final answer read from it
-    self_consistency: int = 1  # sample this many answers (at `temperature`, 0.7 when it is 0) and score the majority
-    answer_kind: str | None = None  # text | number | choice (from `choices`); default: number for metric numeric
+    choices: list[str] | None = opt(None, "the same endings for every record; else each record's choices_field",
+                                    aka=("doc_to_choice",))
+    choices_field: str = opt("choices", "choice: the records' list of endings")
+    gold_field: str = opt("gold", "choice: an index into the choices, or the choice's text", aka=("doc_to_target",))
     # generate and judge
-    prompt_field: str = "prompt"  # used when no template is given (a string, or a `messages` list)
-    answer_field: str = "answer"  # gold: a string, a list of acceptable strings, a number or a JSON record
-    metrics: list[str] = field(default_factory=lambda: ["exact_match", "f1"])
-    labels: dict[str, list[str]] = field(default_factory=dict)  # metric `label`: label -> words that signal it
-    chat: bool = True  # wrap the prompt in the model's chat template
-    system: str | None = None
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0: off
-    repetition_penalty: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    mode: str = "pairwise"  # judge: pairwise (each model vs the first) | single (1-10 grades)
-    reference_field: str | None = None  # judge: a reference answer shown to the judge
+    prompt_field: str = opt("prompt", "used when no template is given (a string, or a `messages` list)")
+    answer_field: str = opt("answer", "gold: a string, a list of acceptable strings, a number or a JSON record")
+    metrics: list[str] = opt(["exact_match", "f1"], "generate: exact_match, f1, bleu, chrf, rouge_l, numeric, json, "
+                             "label", aka=("metric_list",))
+    labels: dict[str, list[str]] = opt({}, "metric label: label -> words that signal it", cli=False)
+    chat: bool = opt(True, "wrap the prompt in the model's chat template", aka=("apply_chat_template",))
+    system: str | None = opt(None, "a system prompt", aka=("system_instruction",))
+    decoding: DecodingConfig = opt(factory=lambda: DecodingConfig(max_new_tokens=TASK_MAX_NEW_TOKENS),
+                                   help="how answers are generated (generate and judge tasks)",
+                                   aka=("generation_kwargs",))
+    mode: Literal["pairwise", "single"] = opt("pairwise", "judge: each model vs the first, or 1-10 grades")
+    reference_field: str | None = opt(None, "judge: a reference answer shown to the judge")
     # bias
-    stereotyped_field: str = "stereotyped"
-    other_field: str = "other"
-    category_field: str = "category"
+    stereotyped_field: str = opt("stereotyped", "bias: the stereotyped sentence")
+    other_field: str = opt("other", "bias: its counterpart")
+    category_field: str = opt("category", "bias: the pair's category")
+
+    @field_validator("decoding", mode="before")
+    @classmethod
+    def _short_answers(cls, value: Any) -> Any:
+        """A task's answers default to TASK_MAX_NEW_TOKENS, also when other decoding options are given."""
+        return {"max_new_tokens": TASK_MAX_NEW_TOKENS, **value} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _options_of_its_kind(self) -> TaskConfig:
+        """Few-shot, chain-of-thought and self-consistency options, where the task kind takes them."""
+        if self.num_fewshot and self.kind not in ("choice", "generate"):
+            fail("num_fewshot", f"few-shot examples apply to choice and generate tasks, not {self.kind}")
+        generate_only = {"fewshot_select": self.fewshot_select != "random", "cot": self.cot,
+                         "self_consistency": self.self_consistency != 1, "answer_kind": self.answer_kind is not None}
+        for key, given in generate_only.items():
+            if given and self.kind != "generate":
+                fail(key, f"applies to generate tasks only, and this task is {self.kind}")
+        if self.answer_kind == "choice" and not (self.choices or self.labels):
+            fail("answer_kind", "choice needs the answers to choose from: give `choices: [a, b]` (or `labels:` for "
+                 "the label metric)")
+        self.name = self.name or Path(self.file).stem
+        return self
 
 
-@dataclass
-class EvalConfig:
+class EvalConfig(Options):
     """Everything `tunelab eval` needs; saved with the report so the evaluation can be repeated."""
 
-    models: list[ModelSpec] = field(default_factory=list)
-    tasks: list[TaskConfig] = field(default_factory=list)
-    run: str | None = None  # a training run folder: base vs tuned on its validation split by default
-    judge: JudgeConfig | None = None
-    harness: list[str] = field(default_factory=list)
-    harness_limit: int | None = None
-    harness_num_fewshot: int | None = None
-    harness_include: str | None = None  # a folder of the user's own lm-eval task YAMLs (local data files)
-    batch_size: int = 16
-    dtype: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
-    output_dir: str = "runs"
-    run_name: str | None = None  # default: eval-<timestamp>
-    overwrite: bool = False
+    models: list[ModelSpec] = opt([], "the models side by side; the first is the baseline", cli=False)
+    tasks: list[TaskConfig] = opt([], "the tasks every model is measured on", cli=False)
+    run: str | None = opt(None, "a training run folder: base vs tuned on its validation split by default", cli=False)
+    judge: JudgeConfig | None = opt(None, "the judge of judge tasks (a local model or an OpenAI-compatible endpoint)",
+                                    cli=False)
+    harness: list[str] = opt([], "lm-evaluation-harness task names", sep=",")
+    harness_limit: int | None = opt(None, "harness: only the first N examples per task", ge=1)
+    harness_num_fewshot: int | None = opt(None, "harness: few-shot examples (default the task's own)", ge=0)
+    harness_include: str | None = opt(None, "a folder of your own lm-eval task YAMLs (local data files)")
+    batch_size: int = opt(16, "sequences scored or generated together", ge=1)
+    dtype: Precision = opt("auto", "weights and compute: auto is bf16 where the hardware has it natively")
+    output_dir: str = opt("runs", "where the report folder goes")
+    run_name: str | None = opt(None, "the report folder's name; default eval-<timestamp>", flags=("--name",))
+    overwrite: bool = opt(False, "replace a report of the same name")
 
-
-def check(cfg: EvalConfig) -> EvalConfig:
-    """Fill defaults and refuse what cannot run, naming the key."""
-    for i, task in enumerate(cfg.tasks):
-        key = f"tasks[{i}]"
-        if task.kind not in KINDS:
-            raise ConfigError(f"{key}.kind: '{task.kind}' is not a task kind; choose one of: {', '.join(KINDS)}")
-        if not task.file:
-            raise ConfigError(f"{key}.file: no data file given for task '{task.name or task.kind}'")
-        task.name = task.name or Path(task.file).stem
-        if task.kind == "perplexity" and (task.window < 2 or task.stride < 1):
-            raise ConfigError(f"{key}: perplexity needs window >= 2 and stride >= 1 (got {task.window}, {task.stride})")
-        if task.limit is not None and task.limit < 1:
-            raise ConfigError(f"{key}.limit: must be at least 1 (leave it out to use every record)")
-        _check_prompting(task, key)
-        if task.kind == "judge" and task.mode not in ("pairwise", "single"):
-            raise ConfigError(f"{key}.mode: '{task.mode}' is not known; choose pairwise or single")
-        if task.kind == "judge" and cfg.judge is None:
-            raise ConfigError(f"{key}: a judge task needs a judge; add judge: {{model: NAME}} or "
-                              "judge: {base_url: URL, endpoint_model: NAME} (CLI: --judge / --judge-url)")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch_size: must be at least 1, got {cfg.batch_size}")
-    if cfg.judge is not None and cfg.judge.base_url and not (cfg.judge.endpoint_model or cfg.judge.model):
-        raise ConfigError("judge.endpoint_model: a judge endpoint needs the model name to ask it for "
-                          "(CLI: --judge-model NAME)")
-    names = [t.name for t in cfg.tasks]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"tasks: two tasks share a name ({', '.join(sorted({n for n in names if names.count(n) > 1}))})"
-                          "; give each a distinct `name`")
-    if not cfg.tasks and not cfg.harness and not cfg.run:
-        raise ConfigError("nothing to evaluate: give --tasks, --harness, a run folder, or a config with `tasks:`")
-    if not cfg.models and not cfg.run:
-        cfg.models = [ModelSpec(name="base", model=DEFAULT_MODEL)]
-    return cfg
-
-
-def _check_prompting(task: TaskConfig, key: str) -> None:
-    """Few-shot, chain-of-thought and self-consistency options, where the task kind takes them."""
-    if task.num_fewshot < 0:
-        raise ConfigError(f"{key}.num_fewshot: must be 0 (zero-shot) or more, got {task.num_fewshot}")
-    if task.num_fewshot and task.kind not in ("choice", "generate"):
-        raise ConfigError(f"{key}.num_fewshot: few-shot examples apply to choice and generate tasks, not {task.kind}")
-    if task.fewshot_select not in ("random", "similar"):
-        raise ConfigError(f"{key}.fewshot_select: '{task.fewshot_select}' is not known; choose random or similar")
-    generate_only = [("fewshot_select", task.fewshot_select != "random"), ("cot", task.cot),
-                     ("self_consistency", task.self_consistency != 1), ("answer_kind", task.answer_kind is not None)]
-    for name, given in generate_only:
-        if given and task.kind != "generate":
-            raise ConfigError(f"{key}.{name}: applies to generate tasks only, and this task is {task.kind}")
-    if task.self_consistency < 1:
-        raise ConfigError(f"{key}.self_consistency: the number of sampled answers must be at least 1 (1 is off), "
-                          f"got {task.self_consistency}")
-    if task.answer_kind not in (None, "text", "number", "choice"):
-        raise ConfigError(f"{key}.answer_kind: '{task.answer_kind}' is not known; choose text, number or choice")
-    if task.answer_kind == "choice" and not (task.choices or task.labels):
-        raise ConfigError(f"{key}.answer_kind: choice needs the answers to choose from: give `choices: [a, b]` "
-                          "(or `labels:` for the label metric)")
+    @model_validator(mode="after")
+    def _runnable(self) -> EvalConfig:
+        """Refuse what cannot run, naming the key; fill the default model."""
+        for i, task in enumerate(self.tasks):
+            if task.kind == "judge" and self.judge is None:
+                fail(f"tasks[{i}]", "a judge task needs a judge; add judge: {model: NAME} or judge: {base_url: URL, "
+                     "endpoint_model: NAME} (CLI: --judge / --judge-url)")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            fail("tasks", f"two tasks share a name ({', '.join(sorted({n for n in names if names.count(n) > 1}))}); "
+                 "give each a distinct `name`")
+        if not self.tasks and not self.harness and not self.run:
+            raise ValueError("nothing to evaluate: give --tasks, --harness, a run folder, or a config with `tasks:`")
+        if not self.models and not self.run:
+            self.models = [ModelSpec(name="base", model=DEFAULT_MODEL)]
+        return self
 
 
 def load_eval_config(path: str | Path | None = None, overrides: list[str] | None = None,
                      base: dict[str, Any] | None = None) -> EvalConfig:
     """Read an eval YAML (optional), merge `base` (from CLI flags) and `--set` overrides, check it."""
     raw = read_yaml(path, "models, tasks, judge, harness") if path is not None else {}
-    where = str(path) if path is not None else "eval config"
     raw = deep_merge(raw, base or {})
-    raw = deep_merge(raw, parse_overrides(overrides or []))
-    try:
-        return check(from_dict(EvalConfig, raw))
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+    raw = deep_merge(raw, parse_overrides(overrides))
+    return validate(EvalConfig, raw, str(path) if path is not None else "eval config")

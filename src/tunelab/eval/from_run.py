@@ -56,7 +56,7 @@ def run_defaults(run: str, folder: Path) -> tuple[list[ModelSpec], list[TaskConf
             metrics.append("json")
         longest = max(len(r["messages"][-1]["content"]) for r in rows)
         task = TaskConfig(name=name, kind="generate", file=_write_jsonl(rows, folder / "data" / f"{name}.jsonl"),
-                          metrics=metrics, max_new_tokens=min(1024, max(64, longest // 2)))
+                          metrics=metrics, decoding={"max_new_tokens": min(1024, max(64, longest // 2))})
     elif objective == "pt":
         from tunelab.data.pretrain import read_documents, split_tail
 

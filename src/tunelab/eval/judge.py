@@ -20,9 +20,11 @@ import os
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Protocol
 
+from pydantic import model_validator
+
+from tunelab.config.options import Options, fail, opt
 from tunelab.errors import ConfigError, ModelError
 from tunelab.eval.preference import wilson_interval
 
@@ -125,30 +127,32 @@ class EndpointJudge:
             pool.shutdown(wait=True, cancel_futures=True)  # after a failure, send no more requests
 
 
-@dataclass
-class JudgeConfig:
+class JudgeConfig(Options):
     """Which judge to use. The endpoint's API key is read from `api_key_env`, never stored here."""
 
-    model: str | None = None
-    adapter: str | None = None
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    endpoint_model: str | None = None
-    max_new_tokens: int = 256
-    rubric: str | None = None
+    model: str | None = opt(None, "a local judge model (alias, folder, .gguf)", flags=("--judge",))
+    adapter: str | None = opt(None, "a run folder whose adapter the local judge uses")
+    base_url: str | None = opt(None, "an OpenAI-compatible endpoint's base URL", flags=("--judge-url",))
+    api_key_env: str = opt("OPENAI_API_KEY", "the environment variable holding the endpoint's key")
+    endpoint_model: str | None = opt(None, "the model name to ask the endpoint for", flags=("--judge-model",))
+    max_new_tokens: int = opt(256, "the longest verdict", ge=1)
+    rubric: str | None = opt(None, "what the judge looks for (single grades)")
+
+    @model_validator(mode="after")
+    def _someone_judges(self) -> JudgeConfig:
+        if self.base_url and not (self.endpoint_model or self.model):
+            fail("endpoint_model", "a judge endpoint needs the model name to ask it for (CLI: --judge-model NAME)")
+        if not (self.base_url or self.model or self.adapter):
+            raise ValueError("set judge.model (a local model name or folder) or judge.base_url (an OpenAI-compatible "
+                             "endpoint)")
+        return self
 
 
 def make_judge(cfg: JudgeConfig) -> Judge:
     """An EndpointJudge when `base_url` is set, else a LocalJudge on `model` (and `adapter`)."""
     if cfg.base_url:
-        name = cfg.endpoint_model or cfg.model
-        if not name:
-            raise ConfigError("judge.endpoint_model: the model name to send to the endpoint is required")
-        return EndpointJudge(cfg.base_url, name, api_key=os.environ.get(cfg.api_key_env),
+        return EndpointJudge(cfg.base_url, cfg.endpoint_model or cfg.model, api_key=os.environ.get(cfg.api_key_env),
                              max_tokens=cfg.max_new_tokens, api_key_env=cfg.api_key_env)
-    if not cfg.model and not cfg.adapter:
-        raise ConfigError("judge: set judge.model (a local model name or folder) or judge.base_url "
-                          "(an OpenAI-compatible endpoint)")
     from tunelab.models import load_model, load_run
     from tunelab.training.precision import compute_dtype
 

@@ -72,8 +72,6 @@ def load(spec: ModelSpec, default_model: str | None, dtype_name: str):
     from tunelab.models import load_model, load_run
     from tunelab.training.precision import compute_dtype
 
-    if dtype_name not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"dtype: expected auto, bf16 or fp32, got {dtype_name!r}")
     base = spec.model or (None if spec.adapter else default_model)
     what = f"adapter {spec.adapter} on {base or 'its recorded base'}" if spec.adapter else f"model {base}"
     try:
@@ -134,11 +132,11 @@ def run_task(model, tokenizer, prepared: Prepared, batch_size: int, console: Con
             from tunelab.eval.bias import bias_probe
 
             return bias_probe(model, tokenizer, *data, batch_size=batch_size), None
-    from tunelab.infer import DecodingConfig, generate
+    from tunelab.infer import generate
 
-    decoding = DecodingConfig(max_new_tokens=task.max_new_tokens, temperature=task.temperature, top_p=task.top_p,
-                              top_k=task.top_k, repetition_penalty=task.repetition_penalty, stop=task.stop,
-                              seed=task.seed if task.temperature > 0 else None)
+    decoding = task.decoding  # sampled answers are seeded by the task unless decoding names its own seed
+    if decoding.temperature > 0 and decoding.seed is None:
+        decoding = decoding.model_copy(update={"seed": task.seed})
     from tunelab.eval.metrics import score_generations
 
     if taskdata.uses_prompting(task):

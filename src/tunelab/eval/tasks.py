@@ -122,7 +122,7 @@ def choice_questions(task: TaskConfig) -> list[Question]:
     shots = parsed
     if task.num_fewshot and (task.fewshot_file or task.limit):  # examples come from the whole file
         shots = []
-        unlimited = TaskConfig(**{**vars(task), "limit": None})
+        unlimited = task.model_copy(update={"limit": None})
         for r in read_task_records(unlimited, task.fewshot_file or task.file):
             c = _choices(task, r)
             shots.append((render(task.template, r, "context", task), c, _gold(task, r, c), r.where))
@@ -130,14 +130,15 @@ def choice_questions(task: TaskConfig) -> list[Question]:
         raise DataError(f"task '{task.name}': num_fewshot={task.num_fewshot} but only {len(shots)} examples to "
                         "draw from; lower num_fewshot or give a larger fewshot_file")
     rng = random.Random(task.seed)
+    gap = " " if task.target_delimiter is None else task.target_delimiter  # lm-evaluation-harness's default
     questions = []
     for text, choices, gold, where in parsed:
-        context = task.description
+        context = task.description or ""
         if task.num_fewshot:
             pool = [s for s in rng.sample(shots, task.num_fewshot + 1) if s[3] != where][:task.num_fewshot]
-            context += "".join(f"{t}{task.target_delimiter}{c[g]}{task.fewshot_delimiter}" for t, c, g, _ in pool)
+            context += "".join(f"{t}{gap}{c[g]}{task.fewshot_delimiter}" for t, c, g, _ in pool)
         context += text
-        questions.append(Question(context, [task.target_delimiter + c for c in choices], choices, gold))
+        questions.append(Question(context, [gap + c for c in choices], choices, gold))
     return questions
 
 
@@ -191,13 +192,11 @@ def prompting_config(task: TaskConfig):
     """The task's prompting options as a `tunelab.prompting.PromptingConfig`."""
     from tunelab.prompting import PromptingConfig
 
-    kind = task.answer_kind or ("number" if "numeric" in task.metrics else "text")
-    return PromptingConfig(instruction=task.description or None, fewshot_file=task.fewshot_file or task.file,
-                           k=task.num_fewshot, select=task.fewshot_select,
-                           embedder=task.fewshot_embedder, chat=task.chat, cot=task.cot, answer_kind=kind,
-                           choices=list(task.choices or task.labels), samples=task.self_consistency,
-                           temperature=task.temperature or 0.7, seed=task.seed, delimiter=task.fewshot_delimiter,
-                           target_delimiter=task.target_delimiter)
+    shared = task.shared()  # the FewShotConfig group, the same fields in both
+    shared["fewshot_file"] = task.fewshot_file or task.file
+    shared["answer_kind"] = task.answer_kind or ("number" if "numeric" in task.metrics else "text")
+    return PromptingConfig(**shared, prompt_field=task.prompt_field, answer_field=task.answer_field, chat=task.chat,
+                           choices=list(task.choices or task.labels), seed=task.seed)
 
 
 def with_prompting(task: TaskConfig, data: Prompted, embedder=None) -> Prompted:
@@ -209,7 +208,7 @@ def with_prompting(task: TaskConfig, data: Prompted, embedder=None) -> Prompted:
     pool = None
     if task.num_fewshot:
         template = PromptTemplate(task.name, input=task.template) if task.template is not None else None
-        unlimited = TaskConfig(**{**vars(task), "limit": None})
+        unlimited = task.model_copy(update={"limit": None})
         pool = [example_of(r, task.prompt_field, task.answer_field, template)
                 for r in read_task_records(unlimited, task.fewshot_file or task.file)]
     data.prompts = build_prompts(prompting_config(task), data.prompts, pool=pool, embedder=embedder)

@@ -1,8 +1,9 @@
-"""Decoding options and the per-sequence token picker (penalties, warpers, sampling, log-probs).
+"""The per-sequence token picker (penalties, warpers, sampling, log-probs).
 
 The warpers are transformers' own logits processors, so temperature, top-k, top-p, min-p
 and the repetition penalty mean exactly what they mean in `model.generate`. Presence and
-frequency penalties follow the OpenAI definition (on generated tokens only).
+frequency penalties follow the OpenAI definition (on generated tokens only). The options
+themselves (`DecodingConfig`) are a shared group of the config schema.
 """
 
 from __future__ import annotations
@@ -11,62 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tunelab.errors import ConfigError
+from tunelab.config.groups import DecodingConfig
 
-
-@dataclass
-class DecodingConfig:
-    """How to pick tokens. temperature 0 means greedy; num_beams > 1 means beam search."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0
-    min_p: float = 0.0  # 0: off
-    repetition_penalty: float = 1.0  # >1 discourages any token already in prompt or answer (CTRL)
-    presence_penalty: float = 0.0  # OpenAI: subtract once from each token already generated
-    frequency_penalty: float = 0.0  # OpenAI: subtract per occurrence in the answer
-    num_beams: int = 1
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    logprobs: bool = False  # return the log-probability of each chosen token
-    top_logprobs: int = 0  # and of this many most likely alternatives
-    ignore_eos: bool = False
-
-    def check(self) -> DecodingConfig:
-        """Raise ConfigError naming the option when a value is out of range; return self."""
-        rules = [
-            ("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
-            ("temperature", 0 <= self.temperature <= 100, "between 0 (greedy) and 100"),
-            ("top_k", self.top_k >= 0, "0 (off) or more"),
-            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
-            ("min_p", 0 <= self.min_p <= 1, "in [0, 1]"),
-            ("repetition_penalty", self.repetition_penalty > 0, "above 0 (1 is off)"),
-            ("presence_penalty", -2 <= self.presence_penalty <= 2, "between -2 and 2"),
-            ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "between -2 and 2"),
-            ("num_beams", self.num_beams >= 1, "at least 1"),
-            ("top_logprobs", 0 <= self.top_logprobs <= 20, "between 0 and 20"),
-            ("seed", self.seed is None or 0 <= self.seed < 2**63, "between 0 and 2**63 - 1"),
-        ]
-        for name, ok, expected in rules:
-            if not ok:
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be {expected}")
-        if self.num_beams > 1 and self.temperature > 0:
-            raise ConfigError("num_beams > 1 is beam search, which is greedy: set temperature 0 (or num_beams 1)")
-        if self.num_beams > 1 and (self.presence_penalty or self.frequency_penalty or self.logprobs or self.ignore_eos):
-            raise ConfigError("beam search takes repetition_penalty but not presence/frequency penalties, logprobs "
-                              "or ignore_eos; use num_beams 1 for those")
-        return self
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    @property
-    def plain_argmax(self) -> bool:
-        """Nothing changes the logits before argmax: a row can be picked in one batched argmax."""
-        return (self.greedy and self.repetition_penalty == 1 and not self.presence_penalty
-                and not self.frequency_penalty and not self.logprobs)
+__all__ = ["DecodingConfig", "TokenLogprob", "TokenPicker"]
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Protocol
 from tunelab.infer.decoding import DecodingConfig, TokenLogprob
 
 _ids = itertools.count()
+BASE_ADAPTER = "__base__"  # Request.adapter naming the base model itself, with every loaded adapter off
 
 
 @dataclass

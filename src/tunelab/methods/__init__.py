@@ -1,6 +1,7 @@
 """Methods: how a model's parameters are allowed to change.
 
-Each module in this package defines a `Config` dataclass (with a `name` field), an
+Each module in this package defines a `Config` (an `Options` class whose `name` field is
+`Literal["its name"]`, every option with its type, default, bounds and help), an
 `apply(model, cfg) -> model` function, and registers both with one `register(...)` line.
 Modules are discovered automatically: adding a file adds a method.
 
@@ -36,6 +37,7 @@ class Method:
     load_kwargs: Callable[[Any], dict] | None = None  # extra from_pretrained kwargs (e.g. 4-bit loading)
     freezes_base: bool = True  # frozen weights may be stored in the compute dtype to save time and memory
     saves: str = "adapter"  # "adapter" (only the new weights) or "model" (a full transformers folder)
+    marker: str = "adapter_config.json"  # the config file its saved folder holds (peft's by default)
     kind: str = "weights"  # "weights" (trains through the Trainer) or "features" (a separate small model)
     tasks: tuple[str, ...] = TASKS  # model heads the method works with
     mergeable: bool = False  # merge_and_unload() folds the adapter into plain weights

@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tunelab.config.options import Options, opt
 from tunelab.errors import ConfigError, ModelError
 from tunelab.methods import register
 from tunelab.models.families import all_block_lists, classifier_head
@@ -48,14 +48,16 @@ ATTENTION_NAMES = ("self_attn", "attn", "self_attention", "attention")
 MLP_NAMES = ("mlp", "feed_forward", "ffn", "output")
 
 
-@dataclass
-class Config:
-    name: str = "adapter"
-    style: str = "houlsby"  # houlsby: after attention and feed-forward; pfeiffer: after feed-forward only
-    bottleneck: int = 64  # b, the reduced size inside each adapter
-    nonlinearity: str = "gelu"  # relu | gelu | silu | tanh
-    init_scale: float = 1e-3  # std of the up-projection's initial weights
-    dropout: float = 0.0  # on the bottleneck activations
+class Config(Options):
+    """Bottleneck adapter options."""
+
+    name: Literal["adapter"] = "adapter"
+    style: Literal["houlsby", "pfeiffer"] = opt("houlsby", "houlsby: after attention and feed-forward; pfeiffer: "
+                                                "after feed-forward only")
+    bottleneck: int = opt(64, "b, the reduced size inside each adapter", ge=1, aka=("reduction_factor",))
+    nonlinearity: Literal["relu", "gelu", "silu", "tanh"] = opt("gelu", "activation inside the bottleneck")
+    init_scale: float = opt(1e-3, "std of the up-projection's initial weights", ge=0, allow_inf_nan=False)
+    dropout: float = opt(0.0, "dropout on the bottleneck activations", ge=0, lt=1)
 
 
 class Bottleneck(nn.Module):
@@ -122,27 +124,12 @@ def sublayers(block: nn.Module, style: str) -> list[tuple[nn.Module, str]]:
     return chosen
 
 
-def validate(cfg: Config) -> None:
-    """Raise ConfigError naming the first bad option."""
-    if cfg.style not in ("houlsby", "pfeiffer"):
-        raise ConfigError(f"method.style: expected houlsby or pfeiffer, got {cfg.style!r}")
-    if isinstance(cfg.bottleneck, bool) or not isinstance(cfg.bottleneck, int) or cfg.bottleneck < 1:
-        raise ConfigError(f"method.bottleneck: expected a positive integer, got {cfg.bottleneck!r}")
-    if cfg.nonlinearity not in ACTIVATIONS:
-        raise ConfigError(f"method.nonlinearity: expected one of {', '.join(ACTIVATIONS)}, got {cfg.nonlinearity!r}")
-    if not isinstance(cfg.init_scale, (int, float)) or not math.isfinite(cfg.init_scale) or cfg.init_scale < 0:
-        raise ConfigError(f"method.init_scale: expected a number >= 0, got {cfg.init_scale!r}")
-    if not isinstance(cfg.dropout, (int, float)) or not 0 <= cfg.dropout < 1:
-        raise ConfigError(f"method.dropout: expected a number in [0, 1), got {cfg.dropout!r}")
-
-
 def hidden_size(model) -> int:
     return getattr(model.config, "hidden_size", None) or model.config.d_model
 
 
 def apply(model, cfg: Config):
     """Freeze `model`, insert adapters in place; only adapters (and a classification head) train."""
-    validate(cfg)
     if wrapped(model):
         raise ConfigError("method adapter: this model already has bottleneck adapters")
     d = hidden_size(model)
@@ -210,7 +197,7 @@ def save(model, folder: Path) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in trained_tensors(model).items()}
-    meta = {**asdict(model.bottleneck_adapter_config), "hidden_size": hidden_size(model),
+    meta = {**model.bottleneck_adapter_config.model_dump(), "hidden_size": hidden_size(model),
             "wrapped": list(wrapped(model)), "head": head_prefix(model),
             "base_model_name_or_path": getattr(model.config, "name_or_path", "")}
     _write(folder / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
@@ -226,7 +213,7 @@ def load(base, folder: Path):
     if meta["hidden_size"] != hidden_size(base):
         raise ModelError(f"{folder}: adapters were trained for hidden size {meta['hidden_size']}, "
                          f"but the base model {type(base).__name__} has hidden size {hidden_size(base)}")
-    model = apply(base, Config(**{f.name: meta[f.name] for f in fields(Config) if f.name in meta}))
+    model = apply(base, Config(**{k: meta[k] for k in Config.model_fields if k in meta}))
     if list(wrapped(model)) != meta["wrapped"]:
         raise ModelError(f"{folder}: adapters were saved for a different architecture than {type(base).__name__}")
     saved, expected = load_file(str(folder / WEIGHTS)), trained_tensors(model)
@@ -241,4 +228,4 @@ def load(base, folder: Path):
     return model
 
 
-register("adapter", Config, apply, save=save, load=load, disabled=disabled, mergeable=False)
+register("adapter", Config, apply, save=save, load=load, disabled=disabled, mergeable=False, marker=CONFIG)

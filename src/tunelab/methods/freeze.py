@@ -7,21 +7,24 @@ always trains.
 Trainable parameters: the parameters of the last N blocks + the head (+ the final norm).
 """
 
-from dataclasses import dataclass
+from typing import Literal
 
 from torch import nn
 
+from tunelab.config.options import Options, opt
 from tunelab.errors import ConfigError
 from tunelab.methods import register
 from tunelab.models.families import classifier_head, transformer_blocks
 
 
-@dataclass
-class Config:
-    name: str = "freeze"
-    last_n_layers: int = 2  # blocks counted from the output end; 0 trains none
-    train_head: bool = True
-    train_final_norm: bool = True
+class Config(Options):
+    """Which blocks train."""
+
+    name: Literal["freeze"] = "freeze"
+    last_n_layers: int = opt(2, "blocks counted from the output end; 0 trains none", ge=0,
+                             aka=("freeze_trainable_layers", "num_layers"))
+    train_head: bool = opt(True, "the output head trains too")
+    train_final_norm: bool = opt(True, "the final norm trains too")
 
 
 def apply(model, cfg: Config):
@@ -46,4 +49,4 @@ def apply(model, cfg: Config):
     return model
 
 
-register("freeze", Config, apply, saves="model")
+register("freeze", Config, apply, saves="model", marker="config.json")

@@ -1,13 +1,16 @@
 """Full fine-tuning: every parameter trains."""
 
-from dataclasses import dataclass
+from typing import Literal
+
+from tunelab.config.options import Options
 
 from tunelab.methods import register
 
 
-@dataclass
-class Config:
-    name: str = "full"
+class Config(Options):
+    """Full fine-tuning has no options of its own."""
+
+    name: Literal["full"] = "full"
 
 
 def apply(model, cfg: Config):
@@ -17,4 +20,4 @@ def apply(model, cfg: Config):
     return model
 
 
-register("full", Config, apply, freezes_base=False, saves="model")
+register("full", Config, apply, freezes_base=False, saves="model", marker="config.json")

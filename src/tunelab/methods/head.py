@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from safetensors.torch import load_file, save_file
 
+from tunelab.config.options import Options
 from tunelab.errors import ConfigError, ModelError
 from tunelab.methods import register
 from tunelab.models.families import classifier_head
@@ -22,9 +23,10 @@ WEIGHTS = "head.safetensors"
 CONFIG = "head_config.json"
 
 
-@dataclass
-class Config:
-    name: str = "head"
+class Config(Options):
+    """A classification head has no options of its own."""
+
+    name: Literal["head"] = "head"
 
 
 def apply(model, cfg: Config):
@@ -65,4 +67,4 @@ def load(base, folder: Path):
     return base.requires_grad_(False)
 
 
-register("head", Config, apply, tasks=("classify",), save=save, load=load)
+register("head", Config, apply, tasks=("classify",), save=save, load=load, marker=CONFIG)

@@ -10,19 +10,22 @@ for classification.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 from peft import IA3Config, get_peft_model
 
+from tunelab.config.options import Options, opt
 from tunelab.methods import register
 from tunelab.models.families import peft_task_type
 
 
-@dataclass
-class Config:
-    name: str = "ia3"
-    target_modules: list[str] | None = None  # None: peft's default for the architecture
-    feedforward_modules: list[str] | None = None  # the subset of target_modules scaled on their input
+class Config(Options):
+    """IA3 options (peft's IA3Config)."""
+
+    name: Literal["ia3"] = "ia3"
+    target_modules: list[str] | None = opt(None, "modules whose activations are scaled; unset: peft's default for "
+                                           "the architecture")
+    feedforward_modules: list[str] | None = opt(None, "the subset of target_modules scaled on their input")
 
 
 def apply(model, cfg: Config):

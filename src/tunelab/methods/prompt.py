@@ -9,26 +9,26 @@ Trainable parameters: num_virtual_tokens * hidden_size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 
-from tunelab.errors import ConfigError
+from tunelab.config.options import Options, opt
 from tunelab.methods import register
 from tunelab.models.families import peft_task_type
 
 
-@dataclass
-class Config:
-    name: str = "prompt"
-    num_virtual_tokens: int = 20
-    init_text: str | None = None  # e.g. "Classify the sentiment of this review:"; None: random init
+class Config(Options):
+    """Prompt tuning options (peft's PromptTuningConfig)."""
+
+    name: Literal["prompt"] = "prompt"
+    num_virtual_tokens: int = opt(20, "virtual tokens put before the input", ge=1)
+    init_text: str | None = opt(None, "start the tokens from this text's embeddings, e.g. \"Classify the sentiment "
+                                "of this review:\"; unset: random", aka=("prompt_tuning_init_text",))
 
 
 def apply(model, cfg: Config):
     """Wrap `model` in a PeftModel whose only trainable weights are the virtual tokens."""
-    if cfg.num_virtual_tokens < 1:
-        raise ConfigError(f"method.num_virtual_tokens: must be at least 1, got {cfg.num_virtual_tokens}")
     text = {}
     if cfg.init_text:
         text = {"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": cfg.init_text,

@@ -7,29 +7,26 @@ num_virtual_tokens * h + (h * e + e) + (e * e + e) + (e * h + h).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 from peft import PromptEncoderConfig, get_peft_model
 
-from tunelab.errors import ConfigError
+from tunelab.config.options import Options, opt
 from tunelab.methods import register
 from tunelab.models.families import peft_task_type
 
 
-@dataclass
-class Config:
-    name: str = "ptuning"
-    num_virtual_tokens: int = 20
-    encoder_hidden: int = 128
-    encoder: str = "MLP"  # MLP | LSTM
+class Config(Options):
+    """P-tuning options (peft's PromptEncoderConfig)."""
+
+    name: Literal["ptuning"] = "ptuning"
+    num_virtual_tokens: int = opt(20, "virtual tokens put before the input", ge=1)
+    encoder_hidden: int = opt(128, "width of the prompt encoder", ge=1, aka=("encoder_hidden_size",))
+    encoder: Literal["MLP", "LSTM"] = opt("MLP", "the prompt encoder", aka=("encoder_reparameterization_type",))
 
 
 def apply(model, cfg: Config):
     """Wrap `model` in a PeftModel whose trainable weights are the prompt encoder's."""
-    if cfg.num_virtual_tokens < 1:
-        raise ConfigError(f"method.num_virtual_tokens: must be at least 1, got {cfg.num_virtual_tokens}")
-    if cfg.encoder not in ("MLP", "LSTM"):
-        raise ConfigError(f"method.encoder: expected MLP or LSTM, got {cfg.encoder!r}")
     config = PromptEncoderConfig(task_type=peft_task_type(model), num_virtual_tokens=cfg.num_virtual_tokens,
                                  encoder_hidden_size=cfg.encoder_hidden, encoder_reparameterization_type=cfg.encoder)
     return get_peft_model(model, config)

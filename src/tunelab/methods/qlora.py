@@ -3,22 +3,33 @@
 Trainable parameters: as lora (the 4-bit base is frozen).
 """
 
-from dataclasses import dataclass, field
+from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from peft import get_peft_model, prepare_model_for_kbit_training
+from pydantic import model_validator
 
-from tunelab.errors import ConfigError
+from tunelab.config.options import fail, opt
 from tunelab.methods import lora, register
 from tunelab.models.families import peft_task_type
 
 
-@dataclass
 class Config(lora.Config):
-    name: str = "qlora"
-    quant_type: str = "nf4"  # nf4 | fp4
-    double_quant: bool = True  # quantize the quantization constants too (saves ~0.4 bit/param)
-    modules_to_save: list[str] = field(default_factory=list)
+    """LoRA options plus how the base is quantized."""
+
+    name: Literal["qlora"] = "qlora"
+    quant_type: Literal["nf4", "fp4"] = opt("nf4", "4-bit number format of the base", aka=("bnb_4bit_quant_type",))
+    double_quant: bool = opt(True, "quantize the quantization constants too (saves ~0.4 bit/param)",
+                             aka=("bnb_4bit_use_double_quant",))
+
+    @model_validator(mode="after")
+    def _no_svd_init(self) -> Config:
+        if lora.is_svd_init(self):
+            fail("init", f"{self.init} needs the base weights in float for its SVD, and qlora loads them in 4 "
+                 "bits; use method lora with this init, or qlora with init: default")
+        return self
 
 
 def load_kwargs(cfg: Config) -> dict:
@@ -49,9 +60,6 @@ def apply(model, cfg: Config):
     The LoRA variants (DoRA, rsLoRA, LoRA+) work as with `lora`; PiSSA/OLoRA do not: they
     take an SVD of float weights, which a 4-bit base no longer has.
     """
-    if lora.is_svd_init(cfg):
-        raise ConfigError(f"method.init: {cfg.init} needs the base weights in float for its SVD, and qlora loads them "
-                          "in 4 bits; use method lora with this init, or qlora with init: default")
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     keep_4bit_layout(model)
     return get_peft_model(model, lora.peft_config(cfg, peft_task_type(model)))

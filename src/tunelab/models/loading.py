@@ -79,10 +79,6 @@ def load_model(
     return model, tokenizer
 
 
-MARKERS = {"adapter_config.json": None, "bottleneck_config.json": "adapter", "head_config.json": "head",
-           "probe_config.json": "probe"}  # file a saved result holds -> the method that wrote it (None: peft)
-
-
 def load_run(run_or_folder: str | Path, base: ModelConfig | str | None = None, dtype: torch.dtype = torch.float32):
     """Load the model a run produced: its adapter on the base, or its full model folder.
 
@@ -90,19 +86,19 @@ def load_run(run_or_folder: str | Path, base: ModelConfig | str | None = None, d
     The base defaults to the one recorded with the adapter. A classifier comes back with
     its head and labels (AutoModelForSequenceClassification).
     """
-    from tunelab.methods import METHODS, load_adapter
+    from tunelab.methods import load_adapter
     from tunelab.models.families import auto_class
 
     folder = result_folder(run_or_folder)
     labels = _labels(folder)
-    marker = next((m for m in MARKERS if (folder / m).is_file()), None)
-    if marker is None:
-        if (folder / "config.json").is_file():
-            return load_model(ModelConfig(name=str(folder)), dtype=dtype, auto_class=_auto_for_saved(folder))
+    method = saved_by(folder)
+    if method is None:
         raise ModelError(f"{run_or_folder}: no adapter/ or model/ found; is this a finished run folder?")
-    if marker == "probe_config.json":
-        return METHODS["probe"].load(None, folder), None
-    base_cfg = base or ModelConfig(name=_recorded_base(folder, _json(folder / marker)))
+    if method.saves == "model":
+        return load_model(ModelConfig(name=str(folder)), dtype=dtype, auto_class=_auto_for_saved(folder))
+    if method.kind == "features":
+        return method.load(None, folder), None
+    base_cfg = base or ModelConfig(name=_recorded_base(folder, _json(folder / method.marker)))
     base_cfg = ModelConfig(name=base_cfg) if isinstance(base_cfg, str) else base_cfg
     task = "classify" if labels else _base_task(base_cfg)
     kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels))} if labels else {}
@@ -115,7 +111,6 @@ def load_run(run_or_folder: str | Path, base: ModelConfig | str | None = None, d
     model, tokenizer = load_model(base_cfg, dtype=dtype, auto_class=auto_class(task), **kwargs)
     if labels and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    method = METHODS["lora" if MARKERS[marker] is None else MARKERS[marker]]  # every peft adapter loads alike
     model = load_adapter(method, model, folder)
     if (folder / "tokenizer_config.json").is_file():
         tokenizer = load_tokenizer(folder)
@@ -155,6 +150,16 @@ def load_adapters(adapters: dict[str, str | Path], base: ModelConfig | str | Non
         model.load_adapter(str(folder), adapter_name=name)
     model.set_adapter(first[0])
     return model, tokenizer
+
+
+def saved_by(folder: Path):
+    """The method whose saved result `folder` is, known by the config file it holds (`Method.marker`),
+    or None. Whole-model folders (config.json) are tried last; methods sharing a file (every peft
+    adapter writes adapter_config.json) load alike, and the first registered is taken."""
+    from tunelab.methods import METHODS
+
+    methods = sorted(METHODS.values(), key=lambda m: m.saves == "model")  # stable: registration order otherwise
+    return next((m for m in methods if (folder / m.marker).is_file()), None)
 
 
 def result_folder(run_or_folder: str | Path) -> Path:

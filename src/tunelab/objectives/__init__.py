@@ -1,7 +1,9 @@
 """Objectives: what training optimises.
 
-Each module defines a `Config` dataclass (with a `name` field) and a `run(cfg) -> dict`
-that reads top to bottom from setup to save, and registers both with one line.
+Each module defines a `Config` (an `Options` class whose `name` field is `Literal["its name"]`,
+every option with its type, default, bounds and help) and a `run(cfg) -> dict` that reads
+top to bottom from setup to save, and registers both with one line; a rule that spans
+sections (the batch size GRPO needs) is the optional `check(run_config)` beside them.
 Modules are discovered automatically.
 """
 
@@ -19,13 +21,15 @@ class Objective:
     name: str
     config: type
     run: Callable[[Any], dict]  # (RunConfig) -> summary dict
+    check: Callable[[Any], None] | None = None  # (RunConfig) -> None: rules across sections, run when it is read
 
 
 OBJECTIVES: dict[str, Objective] = {}
 
 
-def register(name: str, config: type, run: Callable) -> None:
-    OBJECTIVES[name] = Objective(name, config, run)
+def register(name: str, config: type, run: Callable, check: Callable | None = None) -> None:
+    """Add an objective to the table; `config` is an Options class whose `name` is Literal[name]."""
+    OBJECTIVES[name] = Objective(name, config, run, check)
 
 
 def run(cfg) -> dict:

@@ -9,11 +9,13 @@ answers, is objective sft on the same records.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
+
 
 from rich.console import Console
 
 from tunelab.config import RunConfig
+from tunelab.config.options import Options, fail, opt
 from tunelab.data import Collator, describe
 from tunelab.data.classify import build_classification
 from tunelab.eval.classification import trainer_metrics
@@ -34,9 +36,10 @@ from tunelab.training.records import artifact_bytes, is_main_process
 LABELS_FILE = "labels.json"  # {"labels": [...], "names": [...]} beside the saved weights
 
 
-@dataclass
-class Config:
-    name: str = "classify"
+class Config(Options):
+    """Classification has no options of its own; the labels come from the data."""
+
+    name: Literal["classify"] = "classify"
 
 
 def run(cfg: RunConfig) -> dict:

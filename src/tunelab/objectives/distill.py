@@ -26,13 +26,15 @@ distillation loss itself on that split; training rows log its parts, kl and ce.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
+
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
 from tunelab.config import ModelConfig, RunConfig
+from tunelab.config.options import Options, opt
 from tunelab.data import Collator, build_sft, describe
 from tunelab.data.tokenize import IGNORE
 from tunelab.errors import ConfigError, ModelError
@@ -54,16 +56,17 @@ from tunelab.training import (
 from tunelab.training.precision import store_frozen_in
 from tunelab.training.records import is_main_process
 
-DIRECTIONS = ("forward", "reverse")
+class Config(Options):
+    """Knowledge distillation options."""
 
-
-@dataclass
-class Config:
-    name: str = "distill"
-    teacher: str = ""  # model alias, model folder, Hub id, or a tunelab run folder (runs/<name>)
-    temperature: float = 2.0  # > 0; softens both distributions (1: as the models predict)
-    kl: str = "forward"  # forward: KL(teacher || student) | reverse: KL(student || teacher)
-    ce_weight: float = 0.0  # 0..1: share of the loss that is cross-entropy on the data's own answers
+    name: Literal["distill"] = "distill"
+    teacher: str = opt("", "model alias, model folder, Hub id, or a tunelab run folder (runs/<name>)",
+                       aka=("teacher_model", "teacher_model_name_or_path"))
+    temperature: float = opt(2.0, "softens both distributions (1: as the models predict)", gt=0)
+    kl: Literal["forward", "reverse"] = opt("forward", "forward: KL(teacher || student); reverse: KL(student || "
+                                            "teacher)")
+    ce_weight: float = opt(0.0, "share of the loss that is cross-entropy on the data's own answers", ge=0, le=1,
+                           aka=("alpha",))
 
 
 def run(cfg: RunConfig) -> dict:
@@ -75,10 +78,7 @@ def run(cfg: RunConfig) -> dict:
     """
     main = is_main_process()
     console = Console(stderr=True, quiet=not main)
-    opts = check_options(cfg.objective)
-    if cfg.data.packing and not METHODS[cfg.method_name].packing:
-        raise ConfigError(f"data.packing: method {cfg.method_name} prepends virtual tokens and cannot keep packed "
-                          "examples apart; set data.packing: false")
+    opts = cfg.objective
     task = task_for(cfg)
     if task != "causal_lm":
         raise ConfigError(f"objective distill: model {cfg.model.name} is an encoder-decoder; distillation here trains "
@@ -118,20 +118,6 @@ def run(cfg: RunConfig) -> dict:
 
 
 # ---------------------------------------------------------------- options and the teacher
-
-
-def check_options(opts: Config) -> Config:
-    """Refuse option values the loss cannot use. Raises ConfigError naming the key."""
-    if not opts.temperature > 0:
-        raise ConfigError(f"objective.temperature: must be > 0 (1 leaves the distributions as they are; "
-                          f"2 is usual), got {opts.temperature}")
-    if opts.kl not in DIRECTIONS:
-        raise ConfigError(f"objective.kl: expected forward (KL(teacher || student)) or reverse "
-                          f"(KL(student || teacher)), got {opts.kl!r}")
-    if not 0 <= opts.ce_weight <= 1:
-        raise ConfigError(f"objective.ce_weight: must be between 0 (distillation only) and 1 (cross-entropy only), "
-                          f"got {opts.ce_weight}")
-    return opts
 
 
 def load_teacher(name: str, runs_dir: str = "runs"):

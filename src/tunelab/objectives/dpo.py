@@ -8,33 +8,30 @@ second copy in memory. Held-out reward accuracy and margin go to summary.json.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
+
 
 from trl import DPOConfig, DPOTrainer
 
 from tunelab.config import RunConfig
+from tunelab.config.options import Options, fail, opt
 from tunelab.errors import ConfigError
 from tunelab.objectives import register
 from tunelab.training.alignment import AlignmentSpec, run_alignment
 
-LOSSES = ("sigmoid", "ipo", "hinge")
+class Config(Options):
+    """DPO options (trl's DPOConfig)."""
 
-
-@dataclass
-class Config:
-    name: str = "dpo"
-    loss: str = "sigmoid"  # sigmoid (DPO) | ipo | hinge
-    beta: float = 0.1  # strength of the pull toward the reference (IPO: its regulariser tau)
-    label_smoothing: float = 0.0  # conservative DPO: assumed share of flipped labels
+    name: Literal["dpo"] = "dpo"
+    loss: Literal["sigmoid", "ipo", "hinge"] = opt("sigmoid", "sigmoid (DPO), ipo or hinge (SLiC)", aka=("loss_type",))
+    beta: float = opt(0.1, "strength of the pull toward the reference (IPO: its regulariser tau)", gt=0,
+                      aka=("pref_beta",))
+    label_smoothing: float = opt(0.0, "conservative DPO: assumed share of flipped labels", ge=0, lt=0.5)
 
 
 def spec(cfg: RunConfig) -> AlignmentSpec:
     """trl's DPOTrainer with the configured loss."""
     o = cfg.objective
-    if o.loss not in LOSSES:
-        raise ConfigError(f"objective.loss: '{o.loss}' is not a DPO loss; choose one of {', '.join(LOSSES)}")
-    if o.beta <= 0:
-        raise ConfigError(f"objective.beta: must be above 0, got {o.beta}")
     return AlignmentSpec(DPOTrainer, DPOConfig,
                          {"loss_type": [o.loss], "beta": o.beta, "label_smoothing": o.label_smoothing}, beta=o.beta)
 

@@ -11,13 +11,16 @@ and after training, and each reward's mean is reported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
+
 
 import torch
+from pydantic import model_validator
 from rich.console import Console
 from trl import GRPOConfig, GRPOTrainer
 
 from tunelab.config import RunConfig
+from tunelab.config.options import Options, fail, opt
 from tunelab.data.dataset import LoadedRecords, split_records
 from tunelab.data.readers import read_records
 from tunelab.errors import ConfigError, DataError
@@ -36,23 +39,39 @@ from tunelab.training.records import is_main_process
 from tunelab.training.rewards import load_reward
 
 
-@dataclass
-class Config:
-    name: str = "grpo"
-    rewards: list[str] = field(default_factory=lambda: ["format"])  # see tunelab.training.rewards
-    reward_weights: list[float] = field(default_factory=list)  # empty: 1 each
-    prompt_template: str = "{prompt}"  # the user message, from a record's fields
-    num_generations: int = 8  # answers sampled per prompt (the group)
-    max_completion_length: int = 128
-    temperature: float = 1.0
-    beta: float = 0.0  # KL penalty to the reference (0: none, as in recent GRPO practice)
-    eval_prompts: int = 64  # held-out prompts answered before and after
+class Config(Options):
+    """GRPO options (trl's GRPOConfig)."""
+
+    name: Literal["grpo"] = "grpo"
+    rewards: list[str] = opt(["format"], "reward functions: format, has_answer, exact_answer, file.py:fn or a reward "
+                             "model folder (see tunelab.training.rewards)", min_length=1, aka=("reward_funcs",))
+    reward_weights: list[float] = opt([], "one weight per reward; empty: 1 each")
+    prompt_template: str = opt("{prompt}", "the user message, from a record's fields")
+    num_generations: int = opt(8, "answers sampled per prompt (the group); advantages compare them", ge=2)
+    max_completion_length: int = opt(128, "the most tokens an answer may have", ge=1)
+    temperature: float = opt(1.0, "sampling temperature", gt=0)
+    beta: float = opt(0.0, "KL penalty to the reference (0: none, as in recent GRPO practice)", ge=0)
+    eval_prompts: int = opt(64, "held-out prompts answered before and after", ge=0)
+
+    @model_validator(mode="after")
+    def _one_weight_per_reward(self) -> Config:
+        if self.reward_weights and len(self.reward_weights) != len(self.rewards):
+            fail("reward_weights", f"{len(self.reward_weights)} weights for {len(self.rewards)} rewards")
+        return self
+
+
+def check_run(cfg: RunConfig) -> None:
+    """Rules across sections: each prompt's group of answers trains together."""
+    o = cfg.objective
+    if (cfg.train.batch_size * cfg.train.grad_accum) % o.num_generations:
+        fail("train.batch_size", f"batch_size x grad_accum ({cfg.train.batch_size} x {cfg.train.grad_accum}) must "
+             f"be a multiple of objective.num_generations ({o.num_generations}): each prompt's group of answers "
+             "trains together")
 
 
 def run(cfg: RunConfig) -> dict:
     """Train a policy with GRPO; returns the summary with held-out rewards before and after."""
     o = cfg.objective
-    _check(cfg)
     main = is_main_process()
     console = Console(stderr=True, quiet=not main)
     if task_for(cfg) != "causal_lm":
@@ -95,21 +114,6 @@ class ComputeDtypeGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         with self.accelerator.autocast():
             return super()._generate_and_score_completions(inputs)
-
-
-def _check(cfg: RunConfig) -> None:
-    o = cfg.objective
-    if not o.rewards:
-        raise ConfigError("objective.rewards: name at least one reward (format, exact_answer, module:function, "
-                          "or a reward model folder)")
-    if o.reward_weights and len(o.reward_weights) != len(o.rewards):
-        raise ConfigError(f"objective.reward_weights: {len(o.reward_weights)} weights for {len(o.rewards)} rewards")
-    if o.num_generations < 2:
-        raise ConfigError("objective.num_generations: at least 2 (advantages compare answers within a group)")
-    if (cfg.train.batch_size * cfg.train.grad_accum) % o.num_generations:
-        raise ConfigError(f"train.batch_size x train.grad_accum ({cfg.train.batch_size} x {cfg.train.grad_accum}) must "
-                          f"be a multiple of objective.num_generations ({o.num_generations}): each prompt's group of "
-                          "answers trains together")
 
 
 def read_prompts(cfg: RunConfig) -> list[dict]:
@@ -166,4 +170,4 @@ def held_out_rewards(trainer, tokenizer, records: list[dict], cfg: RunConfig) ->
     return scores, answers
 
 
-register("grpo", Config, run)
+register("grpo", Config, run, check=check_run)

@@ -9,30 +9,30 @@ reward accuracy and margin.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
+
 
 from trl import KTOConfig, KTOTrainer
 
 from tunelab.config import RunConfig
+from tunelab.config.options import Options, fail, opt
 from tunelab.errors import ConfigError
 from tunelab.objectives import register
 from tunelab.training.alignment import AlignmentSpec, run_alignment
 
 
-@dataclass
-class Config:
-    name: str = "kto"
-    beta: float = 0.1
-    desirable_weight: float = 1.0  # raise the rarer side's weight when good and bad counts differ
-    undesirable_weight: float = 1.0
+class Config(Options):
+    """KTO options (trl's KTOConfig)."""
+
+    name: Literal["kto"] = "kto"
+    beta: float = opt(0.1, "strength of the pull toward the reference", gt=0)
+    desirable_weight: float = opt(1.0, "weight of good answers; raise the rarer side's when counts differ", gt=0)
+    undesirable_weight: float = opt(1.0, "weight of bad answers", gt=0)
 
 
 def spec(cfg: RunConfig) -> AlignmentSpec:
     """trl's KTOTrainer on unpaired completions."""
     o = cfg.objective
-    for key in ("beta", "desirable_weight", "undesirable_weight"):
-        if getattr(o, key) <= 0:
-            raise ConfigError(f"objective.{key}: must be above 0, got {getattr(o, key)}")
     return AlignmentSpec(KTOTrainer, KTOConfig,
                          {"beta": o.beta, "desirable_weight": o.desirable_weight,
                           "undesirable_weight": o.undesirable_weight,

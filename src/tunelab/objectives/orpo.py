@@ -7,26 +7,27 @@ rejected}. Held-out reward accuracy compares each pair's log-likelihood change.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
+
 
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from tunelab.config import RunConfig
+from tunelab.config.options import Options, fail, opt
 from tunelab.errors import ConfigError
 from tunelab.objectives import register
 from tunelab.training.alignment import AlignmentSpec, run_alignment
 
 
-@dataclass
-class Config:
-    name: str = "orpo"
-    beta: float = 0.1  # lambda: weight of the odds-ratio term against the SFT term
+class Config(Options):
+    """ORPO options (trl's ORPOConfig)."""
+
+    name: Literal["orpo"] = "orpo"
+    beta: float = opt(0.1, "lambda: weight of the odds-ratio term against the SFT term", gt=0)
 
 
 def spec(cfg: RunConfig) -> AlignmentSpec:
     """trl's ORPOTrainer: no reference model."""
-    if cfg.objective.beta <= 0:
-        raise ConfigError(f"objective.beta: must be above 0, got {cfg.objective.beta}")
     return AlignmentSpec(ORPOTrainer, ORPOConfig, {"beta": cfg.objective.beta}, beta=cfg.objective.beta)
 
 

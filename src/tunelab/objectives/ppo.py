@@ -54,17 +54,20 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, replace
+from typing import Literal
 from functools import partial
 from itertools import islice
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from pydantic import model_validator
 from rich.console import Console
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tunelab.config import DataConfig, RunConfig
+from tunelab.config.options import Options, fail, opt
 from tunelab.data.dataset import LoadedRecords, split_records
 from tunelab.data.readers import BadRecord, Record, read_records
 from tunelab.data.templates import eos_ids_for_generation
@@ -94,46 +97,39 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_INIT_STD = 0.01  # small: the first values are near 0 and do not swamp the first advantages
 
 
-@dataclass
-class Config:
-    name: str = "ppo"
-    reward_model: str = ""  # rm run folder (runs/<name>) or sequence-classification model folder with one output
-    max_new_tokens: int = 32  # answer length limit
-    temperature: float = 1.0  # sampling temperature; also divides the logits in every log-probability
-    top_k: int = 0  # 0: off. Shapes sampling only (log-probabilities use the full distribution, as trl did)
-    rollout_batch: int = 16  # prompts answered per iteration
-    ppo_epochs: int = 4  # passes over each batch of answers
-    minibatch: int = 8  # answers per optimizer step (train.batch_size of them per forward)
-    clip_range: float = 0.2  # probability ratio kept within 1 +- clip_range
-    clip_value: float = 0.2  # values kept within the rollout's value +- clip_value
-    vf_coef: float = 0.1  # weight of the value loss
-    kl_coef: float = 0.05  # weight of the per-token KL penalty to the reference
-    gamma: float = 1.0
-    lam: float = 0.95  # GAE lambda
-    whiten_advantages: bool = True
-    missing_eos_penalty: float | None = None  # subtracted from the score of answers cut off at max_new_tokens
-    reward_clip: float | None = None  # clip reward-model scores to [-c, c]
-    eval_prompts: int = 32  # held-out prompts scored before, during and after training
-    eval_every: int = 5  # iterations between evaluations; 0: only before and after
+class Config(Options):
+    """PPO options: rollouts, the clipped update, the value head, the KL penalty, evaluation."""
 
+    name: Literal["ppo"] = "ppo"
+    reward_model: str = opt("", "an rm run folder (runs/<name>) or a sequence-classification model folder with one "
+                            "output", min_length=1, aka=("reward_model_path",))
+    max_new_tokens: int = opt(32, "answer length limit", ge=1, aka=("response_length",))
+    temperature: float = opt(1.0, "sampling temperature; also divides the logits in every log-probability", gt=0)
+    top_k: int = opt(0, "0: off. Shapes sampling only (log-probabilities use the full distribution, as trl did)",
+                     ge=0)
+    rollout_batch: int = opt(16, "prompts answered per iteration", ge=1)
+    ppo_epochs: int = opt(4, "passes over each batch of answers", ge=1, aka=("num_ppo_epochs",))
+    minibatch: int = opt(8, "answers per optimizer step (train.batch_size of them per forward)", ge=1,
+                         aka=("mini_batch_size",))
+    clip_range: float = opt(0.2, "probability ratio kept within 1 +- clip_range", gt=0, aka=("cliprange",))
+    clip_value: float = opt(0.2, "values kept within the rollout's value +- clip_value", gt=0,
+                            aka=("cliprange_value",))
+    vf_coef: float = opt(0.1, "weight of the value loss", ge=0)
+    kl_coef: float = opt(0.05, "weight of the per-token KL penalty to the reference", ge=0)
+    gamma: float = opt(1.0, "discount", ge=0, le=1)
+    lam: float = opt(0.95, "GAE lambda", ge=0, le=1)
+    whiten_advantages: bool = opt(True, "advantages to zero mean and unit variance per batch")
+    missing_eos_penalty: float | None = opt(None, "subtracted from the score of answers cut off at max_new_tokens")
+    reward_clip: float | None = opt(None, "clip reward-model scores to [-c, c]", gt=0)
+    eval_prompts: int = opt(32, "held-out prompts scored before, during and after training", ge=1)
+    eval_every: int = opt(5, "iterations between evaluations; 0: only before and after", ge=0)
 
-def check(opts: Config) -> None:
-    """Raise ConfigError naming the objective key that cannot work."""
-    if not opts.reward_model:
-        raise ConfigError("objective.reward_model: not set; point it at a reward-model run (train one with "
-                          "objective rm, e.g. runs/rm-lora-example) or a sequence-classification model folder")
-    positive = ("max_new_tokens", "rollout_batch", "ppo_epochs", "minibatch", "temperature", "eval_prompts")
-    for key in positive:
-        if getattr(opts, key) <= 0:
-            raise ConfigError(f"objective.{key}: must be positive, got {getattr(opts, key)}")
-    if opts.minibatch > opts.rollout_batch:
-        raise ConfigError(f"objective.minibatch ({opts.minibatch}) is larger than objective.rollout_batch "
-                          f"({opts.rollout_batch}); lower it or raise rollout_batch")
-    if not 0 <= opts.gamma <= 1 or not 0 <= opts.lam <= 1:
-        raise ConfigError(f"objective.gamma and objective.lam: must lie in [0, 1], got {opts.gamma} and {opts.lam}")
-
-
-# ---------------------------------------------------------------- the math (pure functions)
+    @model_validator(mode="after")
+    def _minibatch_fits(self) -> Config:
+        if self.minibatch > self.rollout_batch:
+            fail("minibatch", f"{self.minibatch} is larger than rollout_batch ({self.rollout_batch}); lower it or "
+                 "raise rollout_batch")
+        return self
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -632,7 +628,6 @@ def load_checkpoint(folder: Path, agent, optimizer, scheduler) -> dict:
 def run(cfg: RunConfig) -> dict:
     """Train a policy with PPO against a reward model, save it and summarise; returns the summary."""
     opts: Config = cfg.objective
-    check(opts)
     check_run(cfg)
     console = Console(stderr=True, quiet=not is_main_process())
     train_prompts, held_prompts, bad = load_prompts(cfg.data, cfg.train.seed)
@@ -739,8 +734,6 @@ def check_run(cfg: RunConfig) -> None:
     if METHODS[cfg.method_name].kind == "features":
         raise ConfigError(f"objective ppo: method {cfg.method_name} fits a separate classifier and cannot generate; "
                           "choose lora, qlora, full ...")
-    if cfg.train.gradient_checkpointing:  # it only runs in training mode, and ppo trains in eval mode (no dropout)
-        raise ConfigError("train.gradient_checkpointing: not supported by objective ppo; set it to false")
 
 
 def iteration_metrics(batch: Rollouts) -> dict[str, float]:
@@ -825,4 +818,10 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(float(x), 5)
 
 
-register("ppo", Config, run)
+def check_config(cfg: RunConfig) -> None:
+    """Rules across sections, checked when the config is read."""
+    if cfg.train.gradient_checkpointing:  # it only runs in training mode, and ppo trains in eval mode (no dropout)
+        fail("train.gradient_checkpointing", "not supported by objective ppo; set it to false")
+
+
+register("ppo", Config, run, check=check_config)

@@ -7,12 +7,14 @@ tunelab.data.pretrain). Validation perplexity is measured before and after train
 
 from __future__ import annotations
 
+from typing import Literal
+
 import math
-from dataclasses import dataclass
 
 from rich.console import Console
 
 from tunelab.config import RunConfig
+from tunelab.config.options import Options, fail, opt
 from tunelab.data import Collator
 from tunelab.data.pretrain import build_pretrain
 from tunelab.errors import ConfigError
@@ -29,9 +31,10 @@ from tunelab.training import (
 from tunelab.training.records import is_main_process
 
 
-@dataclass
-class Config:
-    name: str = "pt"
+class Config(Options):
+    """Continued pretraining has no options of its own; block size is data.max_length."""
+
+    name: Literal["pt"] = "pt"
 
 
 def run(cfg: RunConfig) -> dict:

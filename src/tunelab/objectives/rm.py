@@ -10,13 +10,15 @@ with its 95% interval, and the mean margin. The saved run loads with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
+
 
 import torch
 from rich.console import Console
 from trl import RewardConfig, RewardTrainer
 
 from tunelab.config import RunConfig
+from tunelab.config.options import Options, fail, opt
 from tunelab.data.preference import build_pairs
 from tunelab.errors import ConfigError
 from tunelab.eval.preference import pair_metrics, reward_scores
@@ -34,16 +36,16 @@ from tunelab.training.records import is_main_process
 REWARD_LABELS = {"labels": ["reward"], "names": ["reward"]}  # labels.json: a classifier with one output
 
 
-@dataclass
-class Config:
-    name: str = "rm"
-    center_rewards: float = 0.0  # weight of a penalty on the mean reward squared (keeps scores near 0)
+class Config(Options):
+    """Reward model options (trl's RewardConfig)."""
+
+    name: Literal["rm"] = "rm"
+    center_rewards: float = opt(0.0, "weight of a penalty on the mean reward squared (keeps scores near 0)", ge=0,
+                                aka=("center_rewards_coefficient",))
 
 
 def run(cfg: RunConfig) -> dict:
     """Train, evaluate and save a reward model; returns the summary."""
-    if cfg.objective.center_rewards < 0:
-        raise ConfigError(f"objective.center_rewards: must be 0 or more, got {cfg.objective.center_rewards}")
     main = is_main_process()
     console = Console(stderr=True, quiet=not main)
     data = build_pairs(cfg.data, cfg.train.seed, "rm")

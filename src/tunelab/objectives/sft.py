@@ -8,11 +8,13 @@ Generative classifiers are also scored by accuracy and macro-F1 on the validatio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
+
 
 from rich.console import Console
 
 from tunelab.config import RunConfig
+from tunelab.config.options import Options, fail, opt
 from tunelab.data import Collator, build_sft, describe
 from tunelab.data.dataset import label_name, load_records, split_records
 from tunelab.errors import ConfigError
@@ -31,9 +33,10 @@ from tunelab.training import (
 from tunelab.training.records import is_main_process
 
 
-@dataclass
-class Config:
-    name: str = "sft"
+class Config(Options):
+    """Supervised fine-tuning has no options of its own."""
+
+    name: Literal["sft"] = "sft"
 
 
 def run(cfg: RunConfig) -> dict:

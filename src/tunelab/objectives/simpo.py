@@ -7,28 +7,29 @@ log-likelihood, and the loss asks chosen to beat rejected by a margin gamma. Dat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
+
 
 from trl.experimental.cpo import CPOConfig, CPOTrainer
 
 from tunelab.config import RunConfig
+from tunelab.config.options import Options, fail, opt
 from tunelab.errors import ConfigError
 from tunelab.objectives import register
 from tunelab.training.alignment import AlignmentSpec, run_alignment
 
 
-@dataclass
-class Config:
-    name: str = "simpo"
-    beta: float = 2.0  # reward scale (the paper uses 2.0-2.5)
-    gamma: float = 0.5  # target reward margin between chosen and rejected
+class Config(Options):
+    """SimPO options."""
+
+    name: Literal["simpo"] = "simpo"
+    beta: float = opt(2.0, "reward scale (the paper uses 2.0-2.5)", gt=0)
+    gamma: float = opt(0.5, "target reward margin between chosen and rejected", ge=0, aka=("simpo_gamma",))
 
 
 def spec(cfg: RunConfig) -> AlignmentSpec:
     """trl's CPOTrainer with the SimPO loss (no reference model)."""
     o = cfg.objective
-    if o.beta <= 0 or o.gamma < 0:
-        raise ConfigError(f"objective: beta must be above 0 and gamma at least 0, got beta={o.beta}, gamma={o.gamma}")
     return AlignmentSpec(CPOTrainer, CPOConfig,
                          {"loss_type": "simpo", "cpo_alpha": 0.0, "beta": o.beta, "simpo_gamma": o.gamma},
                          beta=o.beta)

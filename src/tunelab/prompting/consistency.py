@@ -9,7 +9,7 @@ so the paths differ and a rerun gives the same votes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from tunelab.errors import ConfigError
 from tunelab.eval.metrics import normalize_answer
@@ -91,8 +91,8 @@ def sample_params(decoding: DecodingConfig, prompts: int, n: int, temperature: f
     if n == 1 and decoding.seed is None:  # one sample as asked: greedy, or unseeded sampling
         return [decoding] * prompts
     base = decoding.seed if decoding.seed is not None else seed
-    sampled = replace(decoding, temperature=temperature) if n > 1 else decoding
-    return [replace(sampled, seed=base + r) for r in range(prompts * n)]
+    sampled = decoding.model_copy(update={"temperature": temperature}) if n > 1 else decoding
+    return [sampled.model_copy(update={"seed": base + r}) for r in range(prompts * n)]
 
 
 def self_consistency(target, prompts: Sequence[str | list[dict]], n: int = 5, temperature: float = 0.7,

@@ -26,6 +26,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
 from tunelab.errors import ConfigError, TunelabError
+from tunelab.infer.engine import BASE_ADAPTER as BASE
 from tunelab.serve import openai as oa
 from tunelab.serve.metrics import Metrics
 from tunelab.serve.schemas import (
@@ -35,7 +36,6 @@ from tunelab.serve.schemas import (
 )
 
 log = logging.getLogger(__name__)
-BASE = "__base__"
 
 
 @dataclass

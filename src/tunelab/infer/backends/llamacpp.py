@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tunelab.errors import ConfigError, ModelError
 from tunelab.infer.decoding import TokenLogprob
+from tunelab.infer.backends import refuse, register
 from tunelab.infer.engine import Delta, Handle, Request
 from tunelab.infer.text import TextStream
 
@@ -247,3 +248,14 @@ def _gbnf_literal(text: str) -> str:
     """A GBNF string literal: quotes, backslashes and control characters escaped."""
     escapes = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
     return '"' + "".join(escapes.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 32 else c) for c in text) + '"'
+
+
+def open_engine(model, *, adapters, named, dtype, quantize, draft, max_batch_size, use) -> LlamaCppEngine:
+    """The engine `load_engine` builds: one GGUF file, which takes no adapters, quantization or draft."""
+    from tunelab.models.hub import DEFAULT_MODEL
+
+    refuse("llamacpp", adapters=adapters, quantize=None if quantize == "auto" else quantize, draft=draft)
+    return LlamaCppEngine(find_gguf(model or DEFAULT_MODEL))
+
+
+register("llamacpp", open_engine)

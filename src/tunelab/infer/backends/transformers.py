@@ -31,12 +31,12 @@ from tunelab.data.templates import eos_ids_for_generation
 from tunelab.errors import ConfigError
 from tunelab.infer.batching import KVBatch, supports_batching
 from tunelab.infer.decoding import TokenLogprob, TokenPicker
-from tunelab.infer.engine import Delta, Handle, Request
+from tunelab.infer.backends import dtype_name, register
+from tunelab.infer.engine import BASE_ADAPTER, Delta, Handle, Request
 from tunelab.infer.generate import generation_kwargs, prompt_ids
 from tunelab.infer.text import TextStream
 
 log = logging.getLogger(__name__)
-BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
 @dataclass
@@ -82,8 +82,8 @@ class TransformersEngine:
         self.max_positions = getattr(config, "max_position_embeddings", None) or 1 << 30
         peft_config = getattr(model, "peft_config", None) or {}
         self.peft_adapters = list(peft_config)
-        # a request that names no adapter gets the active one (a run loaded alone); "__base__" is the base
-        self.default_adapter = default_adapter or (model.active_adapter if peft_config else BASE)
+        # a request that names no adapter gets the active one (a run loaded alone); BASE_ADAPTER is the base
+        self.default_adapter = default_adapter or (model.active_adapter if peft_config else BASE_ADAPTER)
         prompt_learning = any(c.is_prompt_learning for c in peft_config.values())
         self.batching = (not config.is_encoder_decoder and not prompt_learning and supports_batching(config))
         # peft runs a batch whose rows use different LoRA adapters in one forward; other kinds go one adapter at a time
@@ -113,7 +113,7 @@ class TransformersEngine:
 
     def submit(self, request: Request, sink: Callable[[Delta], None] | None = None) -> Handle:
         request.params.check()
-        if request.adapter and request.adapter not in self.peft_adapters + [BASE]:
+        if request.adapter and request.adapter not in self.peft_adapters + [BASE_ADAPTER]:
             raise ConfigError(f"adapter {request.adapter!r} is not loaded; loaded: {', '.join(self.peft_adapters) or 'none'}")
         if request.constraint is not None and request.params.num_beams > 1:
             raise ConfigError("structured output runs with num_beams 1 (beam search cannot follow a grammar here)")
@@ -257,7 +257,7 @@ class TransformersEngine:
         names = set(rows_adapters)
         if not self.peft_adapters:
             return self.model(**inputs)
-        if names == {BASE}:
+        if names == {BASE_ADAPTER}:
             with self.model.disable_adapter():
                 return self.model(**inputs)
         if len(names) == 1:
@@ -373,7 +373,7 @@ class TransformersEngine:
 
             kwargs.update(draft_kwargs(self.draft))
         adapter = self._adapter(handle)
-        if self.peft_adapters and adapter != BASE and self.model.active_adapter != adapter:
+        if self.peft_adapters and adapter != BASE_ADAPTER and self.model.active_adapter != adapter:
             self.model.set_adapter(adapter)
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -381,7 +381,7 @@ class TransformersEngine:
             def __call__(self, input_ids, scores, **kw):
                 return torch.full((input_ids.shape[0],), handle.cancelled.is_set(), device=input_ids.device)
 
-        with self.model.disable_adapter() if self.peft_adapters and adapter == BASE else _nothing():
+        with self.model.disable_adapter() if self.peft_adapters and adapter == BASE_ADAPTER else _nothing():
             out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                       stopping_criteria=StoppingCriteriaList([Cancelled()]), **kwargs)
         if handle.cancelled.is_set():
@@ -401,3 +401,51 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def open_engine(model, *, adapters, named, dtype, quantize, draft, max_batch_size, use) -> TransformersEngine:
+    """The engine `load_engine` builds: the model (or its adapters on their base), on the GPU when there
+    is one, optionally int8-quantized and with a speculative draft."""
+    from tunelab.infer.quantize import ROWS
+    from tunelab.infer.speculative import make_draft
+    from tunelab.models import load_adapters, load_model, load_run
+    from tunelab.models.hub import DEFAULT_MODEL
+    from tunelab.training.precision import compute_dtype
+
+    torch_dtype = compute_dtype("auto") if dtype == "auto" else getattr(torch, dtype_name(dtype))
+    default = None
+    if named:
+        net, tokenizer = load_adapters(named, base=model, dtype=torch_dtype)
+        if use and use not in named:
+            raise ConfigError(f"--use {use}: no adapter of that name; loaded: {', '.join(named)}")
+        default = use or next(iter(named))
+    elif adapters:
+        runs = [adapters] if isinstance(adapters, str) else list(adapters)
+        if len(runs) > 1:
+            raise ConfigError("--adapter: to load several adapters name them, e.g. --adapter a=runs/x --adapter b=runs/y")
+        net, tokenizer = load_run(runs[0], base=model, dtype=torch_dtype)
+        if tokenizer is None or not hasattr(net, "generate"):
+            raise ConfigError(f"--adapter {runs[0]}: this run is a classifier or probe, which does not generate text")
+    else:
+        net, tokenizer = load_model(model or DEFAULT_MODEL, dtype=torch_dtype)
+    if torch.cuda.is_available():
+        net = net.to("cuda")
+    if draft and draft.startswith("layers:") and getattr(net, "peft_config", None):
+        raise ConfigError("--draft layers:N drafts with the base model's own layers, which adapters wrap; with "
+                          "--adapter use --draft ngram or a draft model")
+    speculative = make_draft(draft, net)  # before quantizing: a layers:N draft shares the unquantized weights
+    if quantize == "auto":
+        cpu_bf16 = dtype == "auto" and torch_dtype == torch.bfloat16 and not torch.cuda.is_available()
+        quantize = "int8" if cpu_bf16 and max_batch_size < ROWS else None
+    if quantize == "int8":
+        from tunelab.infer.quantize import quantize_int8
+
+        quantize_int8(net)
+    elif quantize not in (None, "", "none"):
+        raise ConfigError(f"--quantize {quantize}: expected none or int8")
+    net.eval()
+    return TransformersEngine(net, tokenizer, max_batch_size=max_batch_size, draft=speculative,
+                              default_adapter=default)
+
+
+register("transformers", open_engine)

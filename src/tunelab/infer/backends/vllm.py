@@ -20,7 +20,8 @@ from pathlib import Path
 
 from tunelab.errors import ConfigError, ModelError
 from tunelab.infer.decoding import DecodingConfig, TokenLogprob
-from tunelab.infer.engine import Delta, Handle, Request
+from tunelab.infer.backends import dtype_name, refuse, register
+from tunelab.infer.engine import BASE_ADAPTER, Delta, Handle, Request
 
 log = logging.getLogger(__name__)
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 512)  # the max_lora_rank values vLLM accepts
@@ -137,7 +138,7 @@ class VLLMEngine:
         if params.num_beams > 1:
             raise ConfigError("num_beams > 1: vLLM's engine has no beam search for streamed requests; "
                               "use the transformers backend")
-        if request.adapter == "__base__":  # the server names the base explicitly when adapters are loaded
+        if request.adapter == BASE_ADAPTER:  # the server names the base explicitly when adapters are loaded
             request.adapter = None
         if request.adapter and request.adapter not in self._lora:
             raise ConfigError(f"adapter {request.adapter!r} is not loaded; loaded: {', '.join(self._lora) or 'none'}")
@@ -258,3 +259,16 @@ def _lora_rank(folder: Path) -> int:
         return int(json.loads((folder / "adapter_config.json").read_text()).get("r", 16))
     except (OSError, ValueError):
         return 16
+
+
+def open_engine(model, *, adapters, named, dtype, quantize, draft, max_batch_size, use) -> VLLMEngine:
+    """The engine `load_engine` builds: LoRA adapters by name; vLLM batches and quantizes by itself."""
+    from tunelab.models.hub import DEFAULT_MODEL
+
+    refuse("vllm", quantize=None if quantize == "auto" else quantize, draft=draft)
+    if adapters and not named:
+        raise ConfigError("--backend vllm: name the adapter, e.g. --adapter tuned=runs/my-run")
+    return VLLMEngine(model or DEFAULT_MODEL, adapters=named or None, dtype=dtype_name(dtype))
+
+
+register("vllm", open_engine)

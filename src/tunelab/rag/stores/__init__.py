@@ -5,15 +5,22 @@
 - `qdrant`: Qdrant through qdrant-client: a server (`url`) for stores beyond one machine, or
   its local mode (a folder, or `:memory:`), which runs the same code.
 
+Each backend file registers its store class with one `register(...)` line at its bottom;
+files are discovered automatically, and import their client library (lancedb,
+qdrant_client) only when a store opens.
+
 A store folder holds `store.json` (backend, embedder, dimension, how chunks were split),
 the backend's files, and the BM25 index built from the same chunks.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import pkgutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -23,7 +30,6 @@ import numpy as np
 from tunelab.errors import ConfigError, DataError
 from tunelab.rag.documents import Chunk
 
-BACKENDS = ("lance", "qdrant")
 STORE_FILE = "store.json"
 
 
@@ -134,6 +140,20 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    open: Callable[[Path, StoreInfo], Store]  # (store folder, its StoreInfo) -> the opened store
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register(name: str, open: Callable[[Path, StoreInfo], Store]) -> None:
+    """Add a store backend to the table; called once at the bottom of each backend module."""
+    BACKENDS[name] = Backend(name, open)
+
+
 def store_exists(path: str | Path) -> bool:
     return (Path(path) / STORE_FILE).is_file()
 
@@ -173,14 +193,14 @@ def open_store(path: str | Path, info: StoreInfo | None = None) -> Store:
         info = existing
     elif info.backend not in BACKENDS:
         raise ConfigError(f"--backend: '{info.backend}' is not a store backend; choose one of {', '.join(BACKENDS)}")
-    if info.backend == "qdrant":
-        from tunelab.rag.stores.qdrant import QdrantStore
-
-        store = QdrantStore(path, info)
-    else:
-        from tunelab.rag.stores.lance import LanceStore
-
-        store = LanceStore(path, info)
+    if info.backend not in BACKENDS:
+        raise DataError(f"{path / STORE_FILE}: backend '{info.backend}' is not one of {', '.join(BACKENDS)}; "
+                        "the store folder may be damaged, re-create it with tunelab rag index")
+    store = BACKENDS[info.backend].open(path, info)
     if not store_exists(path):
         write_info(path, info)  # last: a folder with store.json always holds an openable store
     return store
+
+
+for _mod in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_mod.name}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.rag.documents import META_FIELDS, Chunk, chunk_from_row
-from tunelab.rag.stores import Condition, Hit, StoreInfo
+from tunelab.rag.stores import Condition, Hit, StoreInfo, register
 
 TABLE = "chunks"
 IN_MEMORY_LIMIT = 2_000_000  # rows; beyond this, build an ANN index (about 3 GB of 384-d vectors)
@@ -170,3 +170,6 @@ class LanceStore:
 
     def close(self) -> None:
         self._memory = None
+
+
+register("lance", LanceStore)

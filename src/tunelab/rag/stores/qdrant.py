@@ -21,7 +21,7 @@ import numpy as np
 
 from tunelab.errors import ConfigError
 from tunelab.rag.documents import META_FIELDS, Chunk, chunk_from_row
-from tunelab.rag.stores import Condition, Hit, StoreInfo
+from tunelab.rag.stores import Condition, Hit, StoreInfo, register
 
 BATCH = 256  # points per upsert request
 
@@ -137,3 +137,6 @@ class QdrantStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+register("qdrant", QdrantStore)
