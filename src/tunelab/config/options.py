@@ -25,22 +25,23 @@ from tunelab.errors import ConfigError
 
 _building = contextvars.ContextVar("tunelab_options_building", default=False)  # inside a validation already
 
-__all__ = ["Options", "opt", "validate", "registered_union", "literal_values", "models_in", "fail"]
+__all__ = ["Options", "opt", "grouped", "validate", "registered_union", "literal_values", "models_in", "fail"]
 
 
 def opt(default: Any = PydanticUndefined, help: str = "", *, factory: Any = None, aka: tuple[str, ...] = (),
-        flags: tuple[str, ...] = (), off_flags: tuple[str, ...] = (), sep: str | None = None, cli: bool = True,
+        flag: str | None = None, flags: tuple[str, ...] = (), off_flags: tuple[str, ...] = (), sep: str | None = None, cli: bool = True,
         **bounds: Any) -> Any:
     """One option: its default, one line of help, bounds (ge, gt, le, lt, min_length...).
 
     aka: names users of other tools know it by (transformers, OpenAI, lm-eval); a key
         written so is refused with a suggestion of this one.
+    flag: its command-line flag when not --the-field-name (`--split` for a splitter's kind).
     flags: extra command-line flags that set it (earlier flag names kept working).
     off_flags: flags that set a true/false option to false (`--raw` for chat).
     sep: a list given on the command line as one text split at `sep` (`--labels a,b`).
     cli: False keeps it off the command line (YAML and --set only).
     """
-    extra = {k: v for k, v in (("aka", list(aka)), ("flags", list(flags)), ("off_flags", list(off_flags)),
+    extra = {k: v for k, v in (("aka", list(aka)), ("flag", flag), ("flags", list(flags)), ("off_flags", list(off_flags)),
                                ("sep", sep)) if v}
     if not cli:
         extra["cli"] = False
@@ -92,6 +93,17 @@ def validate(cls: type[BaseModel], raw: Any, where: str = "") -> Any:
         raise ConfigError(f"{where}: {message}" if where else message) from None
     finally:
         _building.reset(token)
+
+
+def grouped(cls: type[BaseModel], help: str, aka: tuple[str, ...] = (), **defaults: Any) -> Any:
+    """The type of a field holding option group `cls`, whose defaults here differ by `defaults`
+    (an eval task's answers default to 128 tokens): values given are completed with them."""
+    def complete(value: Any) -> Any:
+        return {**defaults, **value} if isinstance(value, dict) else value
+
+    extra = {"aka": list(aka)} if aka else None
+    return Annotated[cls, BeforeValidator(complete), Field(default_factory=lambda: cls(**defaults), description=help,
+                                                           json_schema_extra=extra)]
 
 
 # ---------------------------------------------------------------- registered options (methods, objectives)
@@ -222,6 +234,8 @@ def _line(err: dict, key: str, models: list[type[BaseModel]], parts: list) -> st
         allowed = re.findall(r"'([^']*)'|(\b\w+\b)", ctx.get("expected", ""))
         words = [a or b for a, b in allowed if (a or b) != "or"]
         return f"{key}: {given!r} is not allowed; choose one of {', '.join(words)}{_did_you_mean(given, words)}"
+    if kind == "missing":
+        return f"{key}: required, and not given"
     if kind in ("value_error", "assertion_error"):
         message = str(ctx.get("error", err["msg"]))
         return f"{key}.{message}" if key and re.match(r"^\w+(\.\w+)*: ", message) else \

@@ -33,7 +33,7 @@ def _keys_as_text(value: Any) -> Any:
 class ModelConfig(Options):
     """Which model to start from and how to load it."""
 
-    name: str = opt(DEFAULT_MODEL, "alias, local Hugging Face folder, .gguf file or Hub id",
+    name: str = opt(DEFAULT_MODEL, "alias, local Hugging Face folder, .gguf file or Hub id", flag="--model",
                     aka=("model_name_or_path", "pretrained_model_name_or_path", "model_id"))
     revision: str | None = opt(None, "Hub revision (branch, tag or commit) of a Hub id")
     trust_remote_code: bool = opt(False, "run code shipped with the model: only for models you trust")
@@ -158,11 +158,14 @@ def run_schema() -> type[RunConfig]:
                         method=union(METHODS, "lora"), objective=union(OBJECTIVES, "sft"))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
-    """Read a YAML config (optional) over `base`, apply `--set` overrides, check every key and value."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None,
+                flags: dict | None = None) -> RunConfig:
+    """`base`, then a YAML config (optional), then command-line `flags`, then `--set` overrides, each over
+    the one before; every key and value checked."""
     raw: dict = dict(base or {})
     if path is not None:
         raw = deep_merge(raw, read_yaml(path))
+    raw = deep_merge(raw, flags or {})
     raw = deep_merge(raw, parse_overrides(overrides))
     return resolve(raw, str(path) if path is not None else "config")
 

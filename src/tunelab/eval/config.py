@@ -21,11 +21,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import model_validator
 
 from tunelab.config import DEFAULT_MODEL, DecodingConfig, FewShotConfig, Options, Precision, deep_merge, opt, \
     parse_overrides, read_yaml, validate
-from tunelab.config.options import fail, literal_values
+from tunelab.config.options import fail, grouped, literal_values
 from tunelab.eval.judge import JudgeConfig
 
 TaskKind = Literal["perplexity", "choice", "generate", "judge", "bias"]
@@ -76,21 +76,14 @@ class TaskConfig(FewShotConfig):
     labels: dict[str, list[str]] = opt({}, "metric label: label -> words that signal it", cli=False)
     chat: bool = opt(True, "wrap the prompt in the model's chat template", aka=("apply_chat_template",))
     system: str | None = opt(None, "a system prompt", aka=("system_instruction",))
-    decoding: DecodingConfig = opt(factory=lambda: DecodingConfig(max_new_tokens=TASK_MAX_NEW_TOKENS),
-                                   help="how answers are generated (generate and judge tasks)",
-                                   aka=("generation_kwargs",))
+    decoding: grouped(DecodingConfig, "how answers are generated (generate and judge tasks)",
+                      aka=("generation_kwargs",), max_new_tokens=TASK_MAX_NEW_TOKENS)
     mode: Literal["pairwise", "single"] = opt("pairwise", "judge: each model vs the first, or 1-10 grades")
     reference_field: str | None = opt(None, "judge: a reference answer shown to the judge")
     # bias
     stereotyped_field: str = opt("stereotyped", "bias: the stereotyped sentence")
     other_field: str = opt("other", "bias: its counterpart")
     category_field: str = opt("category", "bias: the pair's category")
-
-    @field_validator("decoding", mode="before")
-    @classmethod
-    def _short_answers(cls, value: Any) -> Any:
-        """A task's answers default to TASK_MAX_NEW_TOKENS, also when other decoding options are given."""
-        return {"max_new_tokens": TASK_MAX_NEW_TOKENS, **value} if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _options_of_its_kind(self) -> TaskConfig:

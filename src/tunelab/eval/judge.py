@@ -130,11 +130,11 @@ class EndpointJudge:
 class JudgeConfig(Options):
     """Which judge to use. The endpoint's API key is read from `api_key_env`, never stored here."""
 
-    model: str | None = opt(None, "a local judge model (alias, folder, .gguf)", flags=("--judge",))
+    model: str | None = opt(None, "a local judge model (alias, folder, .gguf)", flag="--judge")
     adapter: str | None = opt(None, "a run folder whose adapter the local judge uses")
-    base_url: str | None = opt(None, "an OpenAI-compatible endpoint's base URL", flags=("--judge-url",))
+    base_url: str | None = opt(None, "an OpenAI-compatible endpoint's base URL", flag="--judge-url")
     api_key_env: str = opt("OPENAI_API_KEY", "the environment variable holding the endpoint's key")
-    endpoint_model: str | None = opt(None, "the model name to ask the endpoint for", flags=("--judge-model",))
+    endpoint_model: str | None = opt(None, "the model name to ask the endpoint for", flag="--judge-model")
     max_new_tokens: int = opt(256, "the longest verdict", ge=1)
     rubric: str | None = opt(None, "what the judge looks for (single grades)")
 

@@ -8,8 +8,48 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from pydantic import model_validator
+
+from tunelab.config.options import Options, opt
 from tunelab.data.templates import ensure_chat_template, eos_ids_for_generation
 from tunelab.infer.decoding import DecodingConfig
+
+
+class GenerateConfig(Options):
+    """What `tunelab generate` reads and writes, and what every answer must look like (chat takes `system`)."""
+
+    input: str = opt(help="JSONL with a 'prompt' field (or 'messages'), one question per line")
+    output: str = opt(help="where the answers go (JSONL: each record with its output)")
+    system: str | None = opt(None, "a system prompt")
+    json_schema: str | None = opt(None, "a JSON schema file every answer must match", aka=("response_format",))
+    regex: str | None = opt(None, "a regular expression every answer must match", aka=("guided_regex",))
+    choice: list[str] = opt([], "an allowed answer (repeat the flag for several)", aka=("guided_choice",))
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> GenerateConfig:
+        if sum(map(bool, (self.json_schema, self.regex, self.choice))) > 1:
+            raise ValueError("give one of json_schema, regex or choice: an answer follows one constraint")
+        return self
+
+    def constraint(self):
+        """The structured-output constraint asked for, or None."""
+        import json
+        from pathlib import Path
+
+        from tunelab.errors import ConfigError
+        from tunelab.infer.structured import Constraint
+
+        if self.json_schema:
+            path = Path(self.json_schema)
+            try:
+                return Constraint.json_schema(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, json.JSONDecodeError) as e:
+                raise ConfigError(f"--json-schema {path}: cannot read a JSON schema from it ({e})") from None
+        if self.regex:
+            return Constraint.regex(self.regex)
+        if self.choice:
+            return Constraint.choice(self.choice)
+        return None
 
 
 def prompt_text(tokenizer, prompt: str | list[dict], system: str | None = None) -> str:

@@ -48,6 +48,8 @@ class PromptingConfig(FewShotConfig):
 
     @model_validator(mode="after")
     def _usable(self) -> PromptingConfig:
+        if self.fewshot_file and "num_fewshot" not in self.model_fields_set:
+            self.num_fewshot = 4  # a file of examples given: show some
         load_template(self.template, self.labels, self.keys)
         kind, choices = self.answer_spec()
         if kind == "choice" and not choices:
@@ -63,6 +65,11 @@ class PromptingConfig(FewShotConfig):
         template = load_template(self.template, self.labels, self.keys)
         kind = self.answer_kind or (template.answer_kind if template else "text")
         return kind, list(self.choices or self.labels or (template.labels if template else None) or [])
+
+    @property
+    def in_use(self) -> bool:
+        """Whether any of it is asked for (else questions go to the model as they are)."""
+        return bool(self.template or self.fewshot_file or self.num_fewshot or self.cot or self.self_consistency > 1)
 
     @property
     def reads_answers(self) -> bool:

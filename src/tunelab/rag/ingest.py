@@ -14,18 +14,37 @@ import hashlib
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+from tunelab.config.options import Options, opt
 from tunelab.errors import ConfigError, DataError
 from tunelab.rag.bm25 import BM25Index
 from tunelab.rag.documents import Chunk
 from tunelab.rag.embed import DEFAULT_EMBEDDER, Embedder
 from tunelab.rag.loaders import Unreadable, find_files, load
 from tunelab.rag.split import SplitConfig, Splitter, load_tokenizer
+from tunelab.rag.stores import BACKENDS as STORE_BACKENDS
 from tunelab.rag.stores import StoreInfo, open_store, read_info, store_exists
 
 BATCH_CHUNKS = 2048  # chunks embedded and written per commit
+
+
+class IndexConfig(Options):
+    """How files become a store: the embedder, the splitter, the store backend."""
+
+    embedder: str = opt(DEFAULT_EMBEDDER, "sentence-transformers model (packaged all-minilm-l6-v2, a folder or a Hub "
+                        "id); an existing store keeps its own", aka=("embed_model", "embedding_model"))
+    split: SplitConfig = opt(factory=SplitConfig, help="how documents become chunks")
+    backend: Literal[tuple(STORE_BACKENDS)] | None = opt(
+        None, "for a new store: lance (embedded, the default) or qdrant (a server with url, else local mode in the "
+        "store folder); an existing store keeps its own", aka=("vector_store",))
+    url: str | None = opt(None, "Qdrant server URL, e.g. http://localhost:6333")
+    field: str = opt("text", "the text field of JSON/JSONL records (dotted for nested ones)")
+    prune: bool = opt(False, "also remove files that are gone from the folders given")
+    ann: bool = opt(False, "build an approximate index (IVF_FLAT) for stores beyond a few million chunks; smaller "
+                    "stores are searched exactly in memory")
 
 
 @dataclass
@@ -92,7 +111,8 @@ def index(paths: list[str | Path], store_dir: str | Path, *, embedder: str | Emb
             raise ConfigError(f"--embedder {name}: {store_dir} was built with {info.embedder}; its vectors cannot "
                               "be mixed with another model's. Index into a new --store")
         embedder = embedder if isinstance(embedder, Embedder) else info.embedder
-        split, backend, url = SplitConfig(**info.split), backend or info.backend, url or info.url
+        split = SplitConfig.load(info.split, str(Path(store_dir) / "store.json"))
+        backend, url = backend or info.backend, url or info.url
     if ann and backend == "qdrant":
         raise ConfigError("--ann: the Qdrant backend indexes its vectors itself (HNSW); leave --ann out")
     split = (split or SplitConfig()).check()
@@ -100,7 +120,7 @@ def index(paths: list[str | Path], store_dir: str | Path, *, embedder: str | Emb
     splitter = Splitter(split, load_tokenizer(split.tokenizer, model) if split.kind == "tokens" else None)
     with store_lock(store_dir):
         store = open_store(store_dir, StoreInfo(backend=backend or "lance", embedder=model.name, dim=model.dim, url=url,
-                                                split=asdict(split)))
+                                                split=split.model_dump()))
         try:
             manifest = store.manifest()
             todo: dict[str, list[Chunk]] = {}

@@ -14,9 +14,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from tunelab.errors import ConfigError
-from tunelab.infer.decoding import DecodingConfig
+from pydantic import model_validator
+
+from tunelab.config.groups import DecodingConfig
+from tunelab.config.options import Options, fail, grouped, opt
 from tunelab.infer.engine import Request, generate
 from tunelab.rag.documents import Chunk
 from tunelab.rag.guard import defang, fence, injection_reasons, new_nonce
@@ -41,29 +44,30 @@ CONDENSE_PROMPT = (
 )
 
 
-@dataclass
-class RagConfig:
+class RagConfig(Options):
     """How questions are answered from a store."""
 
     # min_score 0.3: on xquad_en it kept a chunk for 99.8% of the questions and refused 85% of off-topic ones
-    retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(min_score=0.3))
-    refusal: str = REFUSAL  # the answer when nothing relevant is retrieved
-    system: str = SYSTEM_PROMPT  # may use {refusal} and {nonce}
-    injection: str = "flag"  # flag (label and report) | drop (leave such chunks out) | off
-    memory_turns: int = 4  # earlier (question, answer) pairs used to make a follow-up standalone
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    seed: int | None = None
-    attribute: bool = True  # an answer that cites nothing gets each sentence's best-supporting source appended
+    retrieval: grouped(RetrievalConfig, "how chunks are found", min_score=0.3)
+    decoding: grouped(DecodingConfig, "how answers are generated", max_new_tokens=256)
+    refusal: str = opt(REFUSAL, "the answer when nothing relevant is retrieved")
+    system: str = opt(SYSTEM_PROMPT, "the system prompt; may use {refusal} and must name the fences with {nonce}",
+                      cli=False)
+    injection: Literal["flag", "drop", "off"] = opt("flag", "chunks that look like instructions to the model: flag "
+                                                    "(label and report), drop, or off")
+    memory_turns: int = opt(4, "earlier (question, answer) pairs used to make a follow-up standalone", ge=0)
+    attribute: bool = opt(True, "an answer that cites nothing gets each sentence's best-supporting source appended")
+
+    @model_validator(mode="after")
+    def _fenced(self) -> RagConfig:
+        if "{nonce}" not in self.system:
+            fail("system", "the system prompt must name the fence markers with {nonce}, so the model knows where "
+                 "untrusted text starts and ends")
+        return self
 
     def check(self) -> RagConfig:
-        if self.injection not in ("flag", "drop", "off"):
-            raise ConfigError(f"rag.injection: '{self.injection}' is not known; choose flag, drop or off")
-        if "{nonce}" not in self.system:
-            raise ConfigError("rag.system: the system prompt must name the fence markers with {nonce}, so the model "
-                              "knows where untrusted text starts and ends")
-        self.retrieval.check()
-        return self
+        """These options checked again (after a `model_copy`); returns them."""
+        return self.replace()
 
 
 @dataclass
@@ -208,8 +212,8 @@ class RagPipeline:
             answers.append(answer)
             if sources:
                 answer.messages = build_messages(standalone, sources, self.cfg, self.special_tokens)
-                decoding = DecodingConfig(max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
-                                          seed=self.cfg.seed, stop=["<<<"])  # a model echoing a fence has finished
+                # a model echoing a fence has finished
+                decoding = self.cfg.decoding.model_copy(update={"stop": [*self.cfg.decoding.stop, "<<<"]})
                 requests.append(Request(answer.messages, decoding))
                 pending.append(answer)
         for answer, completion in zip(pending, generate(self.engine, requests)):

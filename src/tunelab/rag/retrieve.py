@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import model_validator
 
+from tunelab.config.options import Options, opt
 from tunelab.errors import ConfigError
 from tunelab.rag.bm25 import BM25Index
 from tunelab.rag.embed import Embedder, one_thread
 from tunelab.rag.stores import Condition, Hit, open_store, parse_filter, read_info
 
-MODES = ("dense", "bm25", "hybrid")
-FUSIONS = ("convex", "rrf")
 Complete = Callable[[list[str]], list[str]]  # prompts -> the LLM's answers, for multi-query and HyDE
 
 MULTI_QUERY_PROMPT = ("Write {n} different search queries that would find passages answering the question below. "
@@ -36,40 +36,38 @@ MULTI_QUERY_PROMPT = ("Write {n} different search queries that would find passag
 HYDE_PROMPT = "Write a short factual passage that answers the question below.\n\nQuestion: {question}"
 
 
-@dataclass
-class RetrievalConfig:
+class RetrievalConfig(Options):
     """How chunks are found. `k` chunks come back, fewer when `min_score` drops some."""
 
-    mode: str = "hybrid"  # dense | bm25 | hybrid (both, fused)
-    k: int = 5
-    min_score: float | None = None  # least cosine similarity between question and chunk; None keeps all
-    candidates: int = 50  # chunks each list contributes before fusion, reranking and MMR
-    fusion: str = "convex"  # convex (normalised scores, weighted) | rrf (reciprocal ranks)
-    alpha: float = 0.5  # convex: the dense lists' weight; BM25's is 1 - alpha
-    rrf_k: int = 60
-    multi_query: int = 0  # LLM rewrites of the question, each searched and fused (needs an LLM)
-    hyde: bool = False  # also search with an LLM-written answer passage (needs an LLM)
-    rerank: str | None = None  # a cross-encoder (folder or Hub id) that reorders the candidates
-    mmr: bool = False
-    mmr_lambda: float = 0.7  # 1: relevance only; 0: diversity only
-    where: list[str] = field(default_factory=list)  # metadata filters, e.g. ["source=guide.md", "page>=2"]
+    mode: Literal["dense", "bm25", "hybrid"] = opt("hybrid", "dense, bm25, or hybrid (both, fused)",
+                                                   aka=("search_type", "retriever"))
+    k: int = opt(5, "chunks to retrieve", ge=1, flags=("-k",), aka=("top_k", "similarity_top_k"))
+    min_score: float | None = opt(None, "least cosine similarity of a chunk to the question; below it the chunk is "
+                                  "dropped (and with none left, ask refuses)", ge=-1, le=1,
+                                  aka=("score_threshold", "similarity_cutoff"))
+    candidates: int = opt(50, "chunks each retriever proposes before fusion, reranking and MMR", ge=1,
+                          aka=("fetch_k",))
+    fusion: Literal["convex", "rrf"] = opt("convex", "hybrid: convex (normalised scores, weighted by alpha) or rrf "
+                                           "(reciprocal rank fusion)")
+    alpha: float = opt(0.5, "convex fusion: the dense weight (BM25 gets 1 - alpha)", ge=0, le=1)
+    rrf_k: int = opt(60, "rrf: the rank offset", ge=1)
+    multi_query: int = opt(0, "also search N rewrites of the question by the model", ge=0)
+    hyde: bool = opt(False, "also search with a passage the model writes (HyDE)")
+    rerank: str | None = opt(None, "a cross-encoder (folder or Hub id) that reorders the candidates")
+    mmr: bool = opt(False, "diversify the chunks (maximal marginal relevance)")
+    mmr_lambda: float = opt(0.7, "MMR: 1 is relevance only, 0 diversity only", ge=0, le=1)
+    where: list[str] = opt([], "metadata filter, e.g. source=docs/guide.md, page>=2, 'source in a.md,b.md' "
+                           "(repeatable; all must hold)", aka=("filters",))
 
-    def check(self) -> RetrievalConfig:
-        if self.mode not in MODES:
-            raise ConfigError(f"retrieval.mode: '{self.mode}' is not known; choose one of {', '.join(MODES)}")
-        if self.k < 1 or self.candidates < self.k:
-            raise ConfigError(f"retrieval: need k >= 1 and candidates >= k (got k={self.k}, "
-                              f"candidates={self.candidates})")
-        if self.fusion not in FUSIONS:
-            raise ConfigError(f"retrieval.fusion: '{self.fusion}' is not known; choose one of {', '.join(FUSIONS)}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"retrieval.alpha: the dense weight must lie in [0, 1], got {self.alpha}")
-        if not 0.0 <= self.mmr_lambda <= 1.0:
-            raise ConfigError(f"retrieval.mmr_lambda: must lie in [0, 1], got {self.mmr_lambda}")
-        if self.multi_query < 0:
-            raise ConfigError(f"retrieval.multi_query: the number of rewrites, 0 or more; got {self.multi_query}")
+    @model_validator(mode="after")
+    def _enough_candidates(self) -> RetrievalConfig:
+        self.candidates = max(self.candidates, self.k)  # each list proposes at least the k asked for
         parse_filter(self.where)
         return self
+
+    def check(self) -> RetrievalConfig:
+        """These options checked again (after a `model_copy`); returns them."""
+        return self.replace()
 
 
 def rrf(lists: list[list[Hit]], k: int = 60) -> list[Hit]:

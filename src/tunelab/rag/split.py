@@ -8,36 +8,39 @@ every chunk keeps its exact span. Markdown documents also give each chunk its he
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from typing import Literal
 
+from pydantic import model_validator
+
+from tunelab.config.options import Options, fail, opt
 from tunelab.errors import ConfigError
 from tunelab.rag.documents import Chunk, Document
 
-KINDS = ("auto", "recursive", "markdown", "tokens")
+class SplitConfig(Options):
+    """How documents become chunks. The default embedder reads 256 tokens (about 1,000
+    characters of English) and truncates the rest, so keep chunks below that."""
 
+    kind: Literal["auto", "recursive", "markdown", "tokens"] = opt(
+        "auto", "auto (markdown for .md/.html/.docx, else recursive), recursive, markdown or tokens", flag="--split",
+        aka=("splitter", "text_splitter"))
+    size: int | None = opt(None, "characters (600), or tokens for kind tokens (256)", ge=1, flag="--chunk-size",
+                           aka=("chunk_size",))
+    overlap: int | None = opt(None, "characters (100), or tokens for kind tokens (32)", ge=0,
+                              aka=("chunk_overlap",))
+    tokenizer: str = opt("embedder", "for kind tokens: embedder (its own) or a model name")
 
-@dataclass
-class SplitConfig:
-    """How documents become chunks.
-
-    kind: auto (markdown for Markdown/HTML/DOCX, recursive otherwise) | recursive | markdown | tokens.
-    size/overlap: characters, or tokens for `tokens`. The default embedder reads 256 tokens
-    (about 1,000 characters of English) and truncates the rest, so keep chunks below that.
-    tokenizer: for `tokens`: `embedder` (the embedder's own) or a model name/folder.
-    """
-
-    kind: str = "auto"
-    size: int = 600
-    overlap: int = 100
-    tokenizer: str = "embedder"
+    @model_validator(mode="after")
+    def _sizes(self) -> SplitConfig:
+        tokens = self.kind == "tokens"
+        self.size = self.size or (256 if tokens else 600)
+        self.overlap = self.overlap if self.overlap is not None else min(32 if tokens else 100, self.size // 2)
+        if self.overlap >= self.size:
+            fail("overlap", f"must be below size (got size={self.size}, overlap={self.overlap})")
+        return self
 
     def check(self) -> SplitConfig:
-        if self.kind not in KINDS:
-            raise ConfigError(f"split.kind: '{self.kind}' is not known; choose one of {', '.join(KINDS)}")
-        if self.size < 1 or not 0 <= self.overlap < self.size:
-            raise ConfigError(f"split: need size >= 1 and 0 <= overlap < size (got size={self.size}, "
-                              f"overlap={self.overlap})")
-        return self
+        """These options checked again (after a `model_copy`); returns them."""
+        return self.replace()
 
 
 class Splitter:

@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,6 +24,8 @@ from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
+from tunelab.config import DEFAULT_MODEL
+from tunelab.config.options import Options, opt
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.infer.engine import BASE_ADAPTER as BASE
 from tunelab.serve import openai as oa
@@ -38,18 +39,20 @@ from tunelab.serve.schemas import (
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ServerConfig:
-    """Names and limits. Every limit is refused with a 4xx OpenAI-style error, never a crash."""
+class ServerConfig(Options):
+    """Address, names and limits. Every limit is refused with a 4xx OpenAI-style error, never a crash."""
 
-    served_name: str = "smollm2-135m-instruct"
-    api_key: str | None = None  # when set, /v1/* needs "Authorization: Bearer <key>"
-    max_prompt_tokens: int = 4096
-    max_tokens: int = 1024  # the most new tokens a request may ask for (and the default)
-    max_body_bytes: int = 1_000_000
-    max_concurrent: int = 64  # requests answered at once; more get 429
-    timeout_s: float = 300.0  # a request still running after this is cancelled (408)
-    max_embedding_inputs: int = 256
+    host: str = opt("127.0.0.1", "the address to listen on; 127.0.0.1 is this machine only")
+    port: int = opt(8000, "the port to listen on", ge=1, le=65535)
+    served_name: str | None = opt(None, "the base model's name in requests; default the model's name")
+    api_key: str | None = opt(None, "require 'Authorization: Bearer KEY' on /v1 (or set TUNELAB_API_KEY)")
+    embedding_model: str = opt("all-minilm-l6-v2", "sentence-transformers model for /v1/embeddings, or none")
+    max_prompt_tokens: int = opt(4096, "the longest prompt a request may send", ge=1)
+    max_tokens: int = opt(1024, "the most new tokens a request may ask for (and the default)", ge=1)
+    max_body_bytes: int = opt(1_000_000, "the largest request body", ge=1)
+    max_concurrent: int = opt(64, "requests answered at once; more get 429", ge=1)
+    timeout_s: float = opt(300.0, "seconds before a request is cancelled (408)", gt=0, flag="--timeout")
+    max_embedding_inputs: int = opt(256, "the most texts one /v1/embeddings request may send", ge=1)
 
 
 def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding_name: str | None = None,
@@ -60,6 +63,7 @@ def create_app(engine, cfg: ServerConfig | None = None, embedder=None, embedding
     the main thread instead).
     """
     cfg = cfg or ServerConfig()
+    cfg = cfg.model_copy(update={"served_name": cfg.served_name or DEFAULT_MODEL})
     metrics = Metrics(engine)
     state = {"in_flight": 0}
     embed_lock = threading.Lock()

@@ -1,0 +1,122 @@
+"""Command-line flags generated from options classes: one flag per field, help and choices included.
+
+    add_flags(parser, DecodingConfig, "decoding")      # --temperature, --top-p, --stop ... (append)
+    DecodingConfig.load(given(args, "decoding"))      # only the flags the user gave, checked like YAML
+
+A field's flag is `--its-name` (or its `flag`), plus any earlier names in `flags`. Nested
+option groups are flattened (`RagConfig.retrieval.k` is `-k`), or written with their
+section (`--train.lr`) when `dotted` is set. Flags default to "not given", so defaults
+stay in one place: the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from typing import Any, Union
+
+from pydantic import BaseModel
+
+from tunelab.config.files import deep_merge, load_yaml_text, nested
+from tunelab.config.options import literal_values, models_in
+
+PREFIX = "opt:"  # argparse dests of generated flags: opt:<root>.<dotted field>
+
+
+def add_flags(parser: argparse.ArgumentParser | Any, cls: type[BaseModel], root: str, *, dotted: bool = False,
+              only: tuple[str, ...] | None = None, skip: tuple[str, ...] = (), title: str | None = None,
+              _path: str = "") -> None:
+    """Add a flag for each field of `cls` (and of its nested groups) to `parser`.
+
+    only / skip: dotted field names (relative to `cls`) to include / leave out.
+    dotted: flags named after their section (`--train.lr`) rather than the field alone.
+    """
+    target = parser.add_argument_group(title, cls.__doc__.strip().splitlines()[0] if cls.__doc__ else None) \
+        if title else parser
+    for name, field in cls.model_fields.items():
+        path = f"{_path}{name}"
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("cli") is False or path in skip or name == "name" and literal_values(field.annotation):
+            continue
+        if only is not None and not any(path == o or o.startswith(path + ".") or path.startswith(o + ".")
+                                        for o in only):
+            continue
+        groups = models_in(field.annotation)
+        if len(groups) == 1 and typing.get_origin(_plain(field.annotation)) is None:
+            add_flags(target, groups[0], root, dotted=dotted, only=only, skip=skip, _path=path + ".")
+            continue
+        if groups:
+            continue  # lists of groups (eval tasks) are YAML and --set only
+        _add(target, field, path, root, dotted, extra)
+
+
+def _plain(tp: Any) -> Any:
+    """The type without Optional and Annotated."""
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return _plain(args[0])
+    return tp
+
+
+def _add(parser, field, path: str, root: str, dotted: bool, extra: dict) -> None:
+    dest = f"{PREFIX}{root}.{path}"
+    name = path if dotted else path.rsplit(".", 1)[-1]
+    primary = (not dotted and extra.get("flag")) or "--" + name.replace("_", "-")
+    names = [primary, *extra.get("flags", [])]
+    tp = _plain(field.annotation)
+    help_text = field.description or ""
+    default = field.get_default(call_default_factory=True)
+    if default not in (None, "", [], {}) and not isinstance(default, bool):
+        help_text += f" (default {default!r})" if isinstance(default, str) and default.strip() != default else \
+            f" (default {default})"
+    kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text.replace("%", "%%")}
+    choices = literal_values(field.annotation)
+    if tp is bool:
+        parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
+        for off in extra.get("off_flags", []):
+            parser.add_argument(off, dest=dest, action="store_const", const=False, default=argparse.SUPPRESS,
+                                help=f"the same as --no-{name.replace('_', '-')}")
+        return
+    if typing.get_origin(tp) is list:
+        kwargs.update(action=_Split if extra.get("sep") else "append", metavar=name.rsplit(".", 1)[-1].upper())
+        if extra.get("sep"):
+            kwargs["help"] += f"; comma-separated"
+        parser.add_argument(*names, **kwargs)
+        return
+    if choices is not None:
+        kwargs.update(choices=choices, type=type(choices[0]))
+    elif tp in (int, float, str):
+        kwargs["type"] = tp
+    else:
+        kwargs.update(type=_yaml, metavar="VALUE")  # a union such as `list[str] | str`: read as YAML
+    parser.add_argument(*names, **kwargs)
+
+
+class _Split(argparse.Action):
+    """A list flag given as comma-separated text, repeatable: --labels a,b --labels c."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        current = [] if current is None or current is argparse.SUPPRESS else list(current)
+        setattr(namespace, self.dest, current + [v.strip() for v in str(values).split(",") if v.strip()])
+
+
+def _yaml(text: str) -> Any:
+    try:
+        return load_yaml_text(text)
+    except Exception:  # noqa: BLE001  plain text that is not YAML stays text
+        return text
+
+
+def given(args: argparse.Namespace, root: str) -> dict:
+    """The values of the flags under `root` that were given, as a nested mapping."""
+    out: dict = {}
+    start = f"{PREFIX}{root}."
+    for dest, value in vars(args).items():
+        if dest.startswith(start):
+            out = deep_merge(out, nested(dest[len(start):], value))
+    return out

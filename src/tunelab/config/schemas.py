@@ -1,0 +1,166 @@
+"""The named schemas (`tunelab config schema KIND`), resolved configs and starter configs.
+
+Each kind is one options class: `run` (tunelab train), `eval` (tunelab eval --config), and the
+sections of `serve`, `generate`, `chat` and `rag`, whose flags come from the same fields.
+JSON Schema is pydantic's, made friendly to YAML editors (a method may be written as its
+bare name; tunelab's own field notes are left out).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, create_model
+
+from tunelab.config.files import deep_merge, parse_overrides, read_yaml, to_dict
+from tunelab.config.options import Options, models_in, opt, validate
+
+KINDS = ("run", "eval", "rag", "serve", "generate", "chat")
+SCHEMA_URL = "https://json-schema.org/draft/2020-12/schema"
+
+
+def sections(kind: str) -> dict[str, type[BaseModel]]:
+    """The option groups a command of this kind reads, by section name (also the flags' roots)."""
+    from tunelab.config import DecodingConfig
+    from tunelab.infer.generate import GenerateConfig
+    from tunelab.infer.load import LoadConfig
+
+    if kind == "serve":
+        from tunelab.serve import ServerConfig
+
+        return {"model": LoadConfig, "server": ServerConfig}
+    if kind == "generate":
+        from tunelab.prompting import PromptingConfig
+
+        return {"model": LoadConfig, "decoding": DecodingConfig, "prompting": PromptingConfig,
+                "generate": GenerateConfig}
+    if kind == "chat":
+        return {"model": LoadConfig, "decoding": DecodingConfig, "generate": GenerateConfig}
+    if kind == "rag":
+        from tunelab.rag.ingest import IndexConfig
+        from tunelab.rag.pipeline import RagConfig
+
+        return {"model": LoadConfig, "index": IndexConfig, "answer": RagConfig}
+    raise KeyError(kind)
+
+
+@cache
+def schema_class(kind: str) -> type[BaseModel]:
+    """The options class of a config kind."""
+    if kind == "run":
+        from tunelab.config.run import run_schema
+
+        return run_schema()
+    if kind == "eval":
+        from tunelab.eval.config import EvalConfig
+
+        return EvalConfig
+    if kind not in KINDS:
+        raise KeyError(kind)
+    parts = sections(kind)
+    fields: dict[str, Any] = {}
+    for name, cls in parts.items():
+        required = any(f.is_required() for f in cls.model_fields.values())
+        fields[name] = (cls, opt(help=(cls.__doc__ or "").strip().splitlines()[0])) if required else \
+            (cls, opt(factory=cls, help=(cls.__doc__ or "").strip().splitlines()[0]))
+    return create_model(f"{kind.capitalize()}Config", __base__=Options, __doc__=f"A `tunelab {kind}` config file.",
+                        **fields)
+
+
+def json_schema(kind: str) -> dict:
+    """The JSON Schema of a config kind, for editors' YAML language servers."""
+    schema = schema_class(kind).model_json_schema()
+    schema = _friendly(schema)
+    return {"$schema": SCHEMA_URL, "title": f"tunelab {kind} config", **schema}
+
+
+_OURS = ("aka", "flag", "flags", "off_flags", "sep", "cli")
+
+
+def _friendly(node: Any) -> Any:
+    """A discriminated union (method, objective) also accepts its bare names; tunelab's notes are dropped."""
+    if isinstance(node, list):
+        return [_friendly(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _friendly(v) for k, v in node.items() if k not in _OURS}
+    if "oneOf" in node and "discriminator" in node:
+        names = sorted(node["discriminator"].get("mapping", {}))
+        node = {k: v for k, v in node.items() if k not in ("oneOf", "discriminator")} | {
+            "anyOf": [{"type": "string", "enum": names}, *node["oneOf"]]}
+    return node
+
+
+def load(kind: str, path: str | Path | None = None, overrides: list[str] | None = None) -> BaseModel:
+    """A config of this kind from a YAML file (optional) and `--set` overrides, checked."""
+    if kind == "run":
+        from tunelab.config.run import load_config
+
+        return load_config(path, overrides)
+    raw = read_yaml(path, ", ".join(schema_class(kind).model_fields)) if path is not None else {}
+    raw = deep_merge(raw, parse_overrides(overrides))
+    return validate(schema_class(kind), raw, str(path) if path is not None else f"{kind} config")
+
+
+def show(kind: str, path: str | Path | None = None, overrides: list[str] | None = None) -> str:
+    """The config resolved, as YAML, every value left at its default marked `# default`."""
+    cfg = load(kind, path, overrides)
+    lines = yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True, width=120).splitlines()
+    defaults = _defaults(cfg)
+    out, stack = [], []
+    for line in lines:
+        indent = (len(line) - len(line.lstrip(" "))) // 2
+        key = line.strip().split(":", 1)[0]
+        stack = stack[:indent] + [key]
+        note = "  # default" if ".".join(stack) in defaults and not line.rstrip().endswith(":") else ""
+        out.append(line + note)
+    return "\n".join(out) + "\n"
+
+
+def _defaults(cfg: BaseModel, prefix: str = "") -> set[str]:
+    """Dotted keys whose value was not given (defaults), through nested groups."""
+    out = set()
+    for name in type(cfg).model_fields:
+        value = getattr(cfg, name)
+        key = prefix + name
+        if isinstance(value, BaseModel):
+            out |= _defaults(value, key + ".")
+        elif name not in cfg.model_fields_set:
+            out.add(key)
+    return out
+
+
+def starter(objective: str = "sft", method: str = "lora") -> str:
+    """A commented run config for `objective` and `method`: every option at its default, with its help."""
+    from tunelab.config.run import resolve
+
+    cfg = resolve({"objective": objective, "method": method}, "config new")
+    lines = ["# yaml-language-server: $schema=tunelab-run.schema.json",
+             f"# A tunelab run: objective {objective}, method {method}. Every option is at its default;",
+             "# delete what you do not change. Check it with: tunelab config show THIS_FILE", ""]
+    for section in type(cfg).model_fields:
+        value = getattr(cfg, section)
+        field = type(cfg).model_fields[section]
+        lines.append(f"{section}:  # {field.description}")
+        lines += _commented(value, 1)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _commented(cfg: BaseModel, depth: int) -> list[str]:
+    out = []
+    pad = "  " * depth
+    for name, field in type(cfg).model_fields.items():
+        value = getattr(cfg, name)
+        if isinstance(value, BaseModel):
+            out.append(f"{pad}{name}:  # {field.description}")
+            out += _commented(value, depth + 1)
+            continue
+        text = yaml.safe_dump({name: to_dict(value)}, default_flow_style=True, width=10_000).strip()[1:-1]
+        help_text = field.description or ""
+        choices = [m for m in models_in(field.annotation)]
+        out.append(f"{pad}{text}" + (f"  # {help_text}" if help_text and not choices else ""))
+    return out
