@@ -10,7 +10,6 @@ import torch
 from tunelab.errors import ConfigError
 from tunelab.objectives.distill import (
     Config,
-    check_options,
     distillation_loss,
     token_kl,
 )
@@ -104,11 +103,13 @@ def test_identical_distributions_have_zero_kl():
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("temperature", 0.0, "objective.temperature"),
-    ("kl", "sideways", "objective.kl"),
-    ("ce_weight", 1.5, "objective.ce_weight"),
-    ("ce_weight", -0.1, "objective.ce_weight"),
+    ("temperature", 0.0, "temperature"),
+    ("kl", "sideways", "kl"),
+    ("ce_weight", 1.5, "ce_weight"),
+    ("ce_weight", -0.1, "ce_weight"),
 ])
 def test_bad_options_name_their_key(key, value, message):
+    from tunelab.config import validate
+
     with pytest.raises(ConfigError, match=message):
-        check_options(Config(**{key: value}))
+        validate(Config, {key: value}, "objective")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tunelab.config import from_dict
+from tunelab.config import validate
 from tunelab.errors import ConfigError
 from tunelab.methods import METHODS
 from tunelab.methods.probe import Config, FeatureProbe, apply, fit_probe
@@ -97,12 +97,12 @@ def test_save_load_gives_identical_predictions(tiny_dir, tmp_path):
 
 
 def test_bad_config_values_name_the_key(tiny_dir):
-    for options, key in [({"pooling": "max"}, "method.pooling"), ({"classifier": "tree"}, "method.classifier"),
-                         ({"batch_size": 0}, "method.batch_size"), ({"C": -1.0}, "method.C")]:
+    for options, key in [({"pooling": "max"}, "pooling"), ({"classifier": "tree"}, "classifier"),
+                         ({"batch_size": 0}, "batch_size"), ({"C": -1.0}, "C")]:
         with pytest.raises(ConfigError, match=key):
             Config(**options)
-    with pytest.raises(ConfigError, match=r"method.pooling: expected mean, last or sentence_transformers, got 'x'"):
-        from_dict(Config, {"pooling": "x"}, "method")
+    with pytest.raises(ConfigError, match=r"pooling: 'x' is not allowed; choose one of mean, last, sentence_transformers"):
+        validate(Config, {"pooling": "x"}, "method")
     assert Config(embedder="all-minilm-l6-v2").pooling == "sentence_transformers"
     with pytest.raises(ConfigError, match="method.layer"):
         probe32(tiny_dir, layer=10, cache=False).embed(["hello"])

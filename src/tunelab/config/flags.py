@@ -73,22 +73,24 @@ def _add(parser, field, path: str, root: str, dotted: bool, extra: dict) -> None
     if default not in (None, "", [], {}) and not isinstance(default, bool):
         help_text += f" (default {default!r})" if isinstance(default, str) and default.strip() != default else \
             f" (default {default})"
-    kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text.replace("%", "%%")}
+    kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text.replace("%", "%%"),
+                              "metavar": path.rsplit(".", 1)[-1].upper()}
     choices = literal_values(field.annotation)
     if tp is bool:
+        kwargs.pop("metavar")
         parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
         for off in extra.get("off_flags", []):
             parser.add_argument(off, dest=dest, action="store_const", const=False, default=argparse.SUPPRESS,
                                 help=f"the same as --no-{name.replace('_', '-')}")
         return
     if typing.get_origin(tp) is list:
-        kwargs.update(action=_Split if extra.get("sep") else "append", metavar=name.rsplit(".", 1)[-1].upper())
+        kwargs["action"] = _Split if extra.get("sep") else "append"
         if extra.get("sep"):
-            kwargs["help"] += f"; comma-separated"
+            kwargs["help"] += "; comma-separated"
         parser.add_argument(*names, **kwargs)
         return
     if choices is not None:
-        kwargs.update(choices=choices, type=type(choices[0]))
+        kwargs.update(choices=choices, type=type(choices[0]), metavar="{" + ",".join(map(str, choices)) + "}")
     elif tp in (int, float, str):
         kwargs["type"] = tp
     else:

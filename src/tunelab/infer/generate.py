@@ -106,7 +106,6 @@ def generate(model, tokenizer, prompts: list[str | list[dict]], cfg: DecodingCon
         the answers as text, without the prompt and stop strings, stripped. With a seed,
         prompt i samples with seed + i, so repeated prompts still differ and reruns agree.
     """
-    from dataclasses import replace
 
     from tunelab.infer.backends.transformers import TransformersEngine
     from tunelab.infer.engine import Request
@@ -117,7 +116,7 @@ def generate(model, tokenizer, prompts: list[str | list[dict]], cfg: DecodingCon
     model.eval()
     engine = TransformersEngine(model, tokenizer, max_batch_size=batch_size)
     try:
-        requests = [Request(p, replace(cfg, seed=None if cfg.seed is None else cfg.seed + i), chat=chat,
+        requests = [Request(p, cfg.model_copy(update={"seed": None if cfg.seed is None else cfg.seed + i}), chat=chat,
                             system=system, constraint=constraint) for i, p in enumerate(prompts)]
         return [c.text.strip() for c in run_all(engine, requests)]
     finally:

@@ -53,7 +53,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 from functools import partial
 from itertools import islice
@@ -298,7 +298,7 @@ def load_prompts(data: DataConfig, seed: int) -> tuple[list[str], list[str], lis
         held, bad_held = read_prompts(data.validation, data)
         return prompts, held, bad + bad_held
     train, held, bad = split_records(LoadedRecords("prompt", [{"prompt": p} for p in prompts], bad),
-                                     replace(data, validation=None), seed)
+                                     data.model_copy(update={"validation": None}), seed)
     return [r["prompt"] for r in train], [r["prompt"] for r in held], bad
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 from contextlib import contextmanager
 
+from tunelab.config.flags import add_flags, given
 from tunelab.errors import DataError
 
 
@@ -33,25 +34,23 @@ def _need_store(path: str) -> None:
     read_info(path)
 
 
-def _retrieval(args):
+def _retrieval(args, answering: bool = False):
+    """The retrieval options given; answering applies the answer route's defaults (min_score 0.3)."""
+    from tunelab.rag.pipeline import RagConfig
     from tunelab.rag.retrieve import RetrievalConfig
 
-    return RetrievalConfig(mode=args.mode, k=args.k, min_score=args.min_score, candidates=max(args.candidates, args.k),
-                           fusion=args.fusion, alpha=args.alpha,
-                           multi_query=args.multi_query, hyde=args.hyde, rerank=args.rerank, mmr=args.mmr,
-                           mmr_lambda=args.mmr_lambda, where=args.where or []).check()
+    if answering:
+        return RagConfig.load(given(args, "answer"), "flags").retrieval
+    return RetrievalConfig.load(given(args, "answer").get("retrieval", {}), "flags")
 
 
 def cmd_index(args) -> int:
-    from tunelab.rag.ingest import index
-    from tunelab.rag.split import SplitConfig
+    from tunelab.rag.ingest import IndexConfig, index
 
-    split = SplitConfig(kind=args.split, size=args.chunk_size or (256 if args.split == "tokens" else 600),
-                        overlap=args.overlap if args.overlap is not None else (32 if args.split == "tokens" else 100),
-                        tokenizer=args.tokenizer).check()
+    cfg = IndexConfig.load(given(args, "index"), "flags")
     with _progress() as progress:
-        report = index(args.paths, args.store, embedder=args.embedder, split=split, backend=args.backend,
-                       url=args.url, field=args.field, prune=args.prune, ann=args.ann, progress=progress)
+        report = index(args.paths, args.store, embedder=cfg.embedder, split=cfg.split, backend=cfg.backend,
+                       url=cfg.url, field=cfg.field, prune=cfg.prune, ann=cfg.ann, progress=progress)
     for path, why in report.skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
     print(f"{args.store}: {report.indexed} files indexed ({report.chunks} chunks, {report.chunks_per_s:.0f} chunks/s), "
@@ -78,13 +77,15 @@ def cmd_search(args) -> int:
     return 0
 
 
-def _pipeline(args):
-    from tunelab.infer.load import load_engine
-    from tunelab.rag.pipeline import REFUSAL, RagConfig, RagPipeline
+def _pipeline(args, retrieval=None):
+    from tunelab.infer.load import LoadConfig
+    from tunelab.rag.pipeline import RagConfig, RagPipeline
 
-    engine = load_engine(args.model, adapters=args.adapter, max_batch_size=8)
-    cfg = RagConfig(retrieval=_retrieval(args), refusal=args.refusal or REFUSAL, injection=args.injection,
-                    max_new_tokens=args.max_new_tokens)
+    load = LoadConfig.load(given(args, "model"), "flags").model_copy(update={"max_batch_size": 8})
+    cfg = RagConfig.load(given(args, "answer"), "flags")
+    if retrieval is not None:
+        cfg = cfg.model_copy(update={"retrieval": retrieval})
+    engine = load.engine()
     return RagPipeline(args.store, engine, cfg), engine
 
 
@@ -139,17 +140,17 @@ def cmd_eval(args) -> int:
 
     _need_store(args.store)
     pipeline = engine = judge = None
-    if args.model or args.adapter:
-        pipeline, engine = _pipeline(args)
-    if args.judge or args.judge_url:
+    retrieval = _retrieval(args)  # retrieval is measured without the answer route's threshold
+    if given(args, "model"):
+        pipeline, engine = _pipeline(args, retrieval)
+    if given(args, "judge"):
         from tunelab.eval.judge import JudgeConfig, make_judge
 
-        judge = make_judge(JudgeConfig(model=args.judge, base_url=args.judge_url, endpoint_model=args.judge_model,
-                                       max_new_tokens=8))
+        judge = make_judge(JudgeConfig.load({"max_new_tokens": 8, **given(args, "judge")}, "flags"))
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     try:
         with _progress() as progress:
-            report = evaluate(args.qa, args.store, modes=modes, retrieval=_retrieval(args), pipeline=pipeline,
+            report = evaluate(args.qa, args.store, modes=modes, retrieval=retrieval, pipeline=pipeline,
                               judge=judge, limit=args.limit, progress=progress)
     finally:
         if pipeline is not None:
@@ -172,66 +173,43 @@ def retrieval_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _retrieval_flags(p: argparse.ArgumentParser, k: int = 5, min_score: float | None = None) -> None:
-    p.add_argument("--store", required=True, help="the store folder tunelab rag index wrote")
-    p.add_argument("--mode", default="hybrid", help="dense | bm25 | hybrid (both, fused)")
-    p.add_argument("--fusion", default="convex", help="hybrid: convex (normalised scores, weighted by --alpha) | rrf "
-                   "(reciprocal rank fusion)")
-    p.add_argument("--alpha", type=float, default=0.5, help="convex fusion: the dense weight (BM25 gets 1 - alpha)")
-    p.add_argument("-k", type=int, default=k, help="chunks to retrieve")
-    p.add_argument("--min-score", type=float, default=min_score, help="least cosine similarity of a chunk to the "
-                   "question; below it the chunk is dropped (and with none left, ask refuses)")
-    p.add_argument("--candidates", type=int, default=50, help="chunks each retriever proposes before fusion")
-    p.add_argument("--where", action="append", help="metadata filter, e.g. source=docs/guide.md, page>=2, "
-                   "'source in a.md,b.md' (repeatable; all must hold)")
-    p.add_argument("--multi-query", type=int, default=0, help="also search N rewrites of the question by the model")
-    p.add_argument("--hyde", action="store_true", help="also search with a passage the model writes (HyDE)")
-    p.add_argument("--rerank", default=None, help="a cross-encoder (folder or Hub id) that reorders the candidates")
-    p.add_argument("--mmr", action="store_true", help="diversify the chunks (maximal marginal relevance)")
-    p.add_argument("--mmr-lambda", type=float, default=0.7)
+def _store_flag(p: argparse.ArgumentParser, help: str = "the store folder tunelab rag index wrote") -> None:
+    p.add_argument("--store", required=True, help=help)
 
 
 def _answer_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="alias, folder, .gguf or Hub id (default smollm2-135m-instruct)")
-    p.add_argument("--adapter", default=None, help="a training run folder whose adapter to answer with")
-    p.add_argument("--refusal", default=None, help="the answer when nothing relevant is retrieved")
-    p.add_argument("--injection", default="flag", help="chunks that look like instructions to the model: flag "
-                   "(label and report) | drop | off")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    """The model and how it answers: retrieval, decoding, refusal, injection handling."""
+    from tunelab.infer.load import LoadConfig
+    from tunelab.rag.pipeline import RagConfig
+
+    add_flags(p, LoadConfig, "model", only=("model", "adapter"), title="model")
+    add_flags(p, RagConfig, "answer", title="answering")
 
 
 def add_parser(sub) -> None:
-    """Register `tunelab rag ...` on the main command table."""
+    """Register `tunelab rag ...` on the main command table; option flags come from the config schema."""
+    from tunelab.eval.judge import JudgeConfig
+    from tunelab.rag.ingest import IndexConfig
+    from tunelab.rag.retrieve import RetrievalConfig
+
     rag = sub.add_parser("rag", help="retrieval-augmented generation over your documents: index, search, ask, eval")
     commands = rag.add_subparsers(dest="rag_command", required=True)
 
     p = commands.add_parser("index", help="add files and folders to a store (re-running adds only what changed)")
     p.add_argument("paths", nargs="+", help=".txt .md .html .pdf .docx .json .jsonl files, or folders of them")
-    p.add_argument("--store", required=True, help="the store folder (created if missing)")
-    p.add_argument("--backend", default=None, help="for a new store: lance (embedded, default) | qdrant (a server "
-                   "with --url, else local mode in the store folder); an existing store keeps its own")
-    p.add_argument("--url", default=None, help="Qdrant server URL, e.g. http://localhost:6333")
-    p.add_argument("--embedder", default="all-minilm-l6-v2", help="sentence-transformers model (packaged "
-                   "all-minilm-l6-v2, a folder or a Hub id)")
-    p.add_argument("--split", default="auto", help="auto (markdown for .md/.html/.docx, else recursive) | recursive "
-                   "| markdown | tokens")
-    p.add_argument("--chunk-size", type=int, default=None, help="characters (600), or tokens for --split tokens (256)")
-    p.add_argument("--overlap", type=int, default=None, help="characters (100), or tokens for --split tokens (32)")
-    p.add_argument("--tokenizer", default="embedder", help="for --split tokens: embedder (its own) or a model name")
-    p.add_argument("--field", default="text", help="the text field of JSON/JSONL records (dotted for nested ones)")
-    p.add_argument("--prune", action="store_true", help="also remove files that are gone from the folders given")
-    p.add_argument("--ann", action="store_true", help="build an approximate index (IVF_FLAT) for stores beyond a few "
-                   "million chunks; smaller stores are searched exactly in memory")
+    _store_flag(p, "the store folder (created if missing)")
+    add_flags(p, IndexConfig, "index", title="indexing")
     p.set_defaults(func=cmd_index)
 
     p = commands.add_parser("search", help="the chunks retrieval finds for a query, with scores")
     p.add_argument("query")
-    _retrieval_flags(p)
+    _store_flag(p)
+    add_flags(p, RetrievalConfig, "answer", title="retrieval", _path="retrieval.")
     p.set_defaults(func=cmd_search)
 
     p = commands.add_parser("ask", help="answer a question from the store, citing sources")
     p.add_argument("question", nargs="?", help="the question (or --chat for a conversation)")
-    _retrieval_flags(p, min_score=0.3)
+    _store_flag(p)
     _answer_flags(p)
     p.add_argument("--chat", action="store_true", help="a conversation: follow-ups are made standalone with memory")
     p.add_argument("--json", action="store_true", help="print the answer, citations and sources as JSON")
@@ -240,12 +218,11 @@ def add_parser(sub) -> None:
     p = commands.add_parser("eval", help="retrieval hit@k / recall@k / MRR / nDCG per mode; with --model, answer "
                             "exact match, F1 and faithfulness")
     p.add_argument("qa", help="JSONL: question, answer(s), and the gold passage (context) or gold_source")
-    _retrieval_flags(p)
+    _store_flag(p)
     _answer_flags(p)
     p.add_argument("--modes", default="dense,bm25,hybrid", help="retrieval modes compared side by side")
-    p.add_argument("--judge", default=None, help="a local judge model for faithfulness (else word overlap only)")
-    p.add_argument("--judge-url", default=None, help="an OpenAI-compatible judge endpoint (key from OPENAI_API_KEY)")
-    p.add_argument("--judge-model", default=None, help="the model name to ask the judge endpoint for")
+    add_flags(p, JudgeConfig, "judge", only=("model", "base_url", "endpoint_model"), title="faithfulness judge "
+              "(else word overlap only)")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
     p.add_argument("--output", default=None, help="write the report (with samples) to this JSON file")
     p.set_defaults(func=cmd_eval)

@@ -170,17 +170,16 @@ def evaluate(qa_file: str | Path, store_dir: str | Path, modes: tuple[str, ...] 
     Returns:
         {"retrieval": {mode: metrics}, "answers": metrics or None, "samples": [...]}.
     """
-    from dataclasses import replace
 
     from tunelab.rag.retrieve import RetrievalConfig, Retriever
 
     questions = read_qa(qa_file, limit)
-    base = replace(retrieval or RetrievalConfig(), min_score=None)
-    base = replace(base, k=max(KS), candidates=max(base.candidates, max(KS)))
+    base = (retrieval or RetrievalConfig()).model_copy(update={"min_score": None})
+    base = base.model_copy(update={"k": max(KS), "candidates": max(base.candidates, max(KS))})
     report: dict = {"qa_file": str(qa_file), "store": str(store_dir), "retrieval": {}, "answers": None}
     embedder, store_chunks = None, None
     for mode in modes:
-        retriever = Retriever(store_dir, replace(base, mode=mode), llm=pipeline.complete if pipeline else None,
+        retriever = Retriever(store_dir, base.model_copy(update={"mode": mode}), llm=pipeline.complete if pipeline else None,
                               embedder=embedder)
         embedder = retriever.embedder
         store_chunks = store_chunks if store_chunks is not None else retriever.store.chunks()

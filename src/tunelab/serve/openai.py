@@ -28,7 +28,7 @@ def decoding(body: Sampling, max_tokens: int | None, logprobs: bool = False, top
     return DecodingConfig(max_new_tokens=max_tokens or 256, temperature=body.temperature, top_k=body.top_k,
                           top_p=body.top_p, min_p=body.min_p, repetition_penalty=body.repetition_penalty,
                           presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-                          stop=body.stop, seed=body.seed, logprobs=logprobs, top_logprobs=top_logprobs,
+                          stop=body.stop or [], seed=body.seed, logprobs=logprobs, top_logprobs=top_logprobs,
                           ignore_eos=body.ignore_eos)
 
 
@@ -73,10 +73,9 @@ def completion_requests(body: CompletionRequest, adapter: str | None) -> list[Re
 
 
 def _n_requests(body: Sampling, prompt, params: DecodingConfig, chat: bool, adapter: str | None) -> list[Request]:
-    from dataclasses import replace
 
     grammar = constraint(body)
-    return [Request(prompt, replace(params, seed=None if params.seed is None else params.seed + i), chat=chat,
+    return [Request(prompt, params.model_copy(update={"seed": None if params.seed is None else params.seed + i}), chat=chat,
                     adapter=adapter, constraint=grammar) for i in range(body.n)]
 
 
