@@ -72,7 +72,7 @@ def part_a(work: Path, n_answers: int) -> dict:
 
         engine = load_engine(None, max_batch_size=8)
         pipeline = RagPipeline(store, engine, RagConfig(retrieval=RetrievalConfig(mode="hybrid", k=3),
-                                                        max_new_tokens=64))
+                                                        decoding={"max_new_tokens": 64}))
         questions = read_qa(XQUAD, n_answers)
         t = time.perf_counter()
         answers = pipeline.ask_many([q.question for q in questions])

@@ -68,7 +68,7 @@ def test_every_task_kind_from_the_example_config(tiny_model_dir, sft_run, tmp_pa
                             "output_dir": str(tmp_path), "run_name": "all", "dtype": "fp32"})
     for task in cfg.tasks:
         task.limit = 4
-        task.max_new_tokens = 8
+        task.decoding.max_new_tokens = 8
     report = evaluate(cfg)
     tasks = report["tasks"]
     assert tasks["quiz"]["results"]["tuned"]["n"] == 4 and "acc_norm" in tasks["quiz"]["diff"]["tuned"]
@@ -86,7 +86,7 @@ def test_pairwise_judge_compares_each_model_with_the_first(tiny_model_dir, sft_r
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Say {w}"} for w in ("hi", "yes", "no")])
     cfg = load_eval_config(base={
         "models": [{"name": "base", "model": str(tiny_model_dir)}, {"name": "tuned", "adapter": str(sft_run)}],
-        "tasks": [{"name": "chat", "kind": "judge", "file": str(prompts), "max_new_tokens": 6}],
+        "tasks": [{"name": "chat", "kind": "judge", "file": str(prompts), "decoding": {"max_new_tokens": 6}}],
         "judge": {"model": str(tiny_model_dir), "max_new_tokens": 6}, "output_dir": str(tmp_path)})
     result = evaluate(cfg)["tasks"]["chat"]["results"]["tuned"]
     assert result["n"] == 3 and result["win"] + result["tie"] + result["loss"] == 3
@@ -207,11 +207,9 @@ def test_a_late_failure_keeps_the_figures_already_measured(tiny_model_dir, tmp_p
 
 
 def test_task_specs_on_the_command_line(tmp_path):
-    from types import SimpleNamespace
-
     from tunelab.cli import _task_spec
 
-    args = SimpleNamespace(limit=None, max_new_tokens=None)
+    args = {}  # the --limit / --max-new-tokens ... given: none
     assert _task_spec(r"C:\data\qa.jsonl:generate:exact_match+f1", args) == {
         "file": r"C:\data\qa.jsonl", "kind": "generate", "metrics": ["exact_match", "f1"]}
     assert _task_spec("p.jsonl:judge:single", args)["mode"] == "single"
@@ -226,7 +224,7 @@ def test_the_prompting_example_config(tiny_model_dir, tiny_embedder_dir, tmp_pat
                            {"models": [{"name": "base", "model": str(tiny_model_dir)}], "output_dir": str(tmp_path),
                             "run_name": "prompting", "dtype": "fp32"})
     for task in cfg.tasks:
-        task.limit, task.max_new_tokens, task.fewshot_embedder = 4, 8, str(tiny_embedder_dir)
+        task.limit, task.decoding.max_new_tokens, task.fewshot_embedder = 4, 8, str(tiny_embedder_dir)
     tasks = evaluate(cfg)["tasks"]
     assert set(tasks) == {"reviews_zero_shot", "reviews_4shot_random", "reviews_4shot_similar", "arithmetic_cot_sc"}
     for name in ("reviews_zero_shot", "reviews_4shot_random", "reviews_4shot_similar"):

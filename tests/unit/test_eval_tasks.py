@@ -103,13 +103,13 @@ def test_bias_pairs_need_both_sentences(tmp_path):
 
 
 def test_config_errors_name_the_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"tasks\[0\].kind: 'mcq' is not a task kind"):
+    with pytest.raises(ConfigError, match=r"tasks\[0\].kind: 'mcq' is not allowed; choose one of perplexity, choice"):
         load_eval_config(base={"tasks": [{"file": "x.jsonl", "kind": "mcq"}]})
     with pytest.raises(ConfigError, match="a judge task needs a judge"):
         load_eval_config(base={"tasks": [{"file": "x.jsonl", "kind": "judge"}]})
     with pytest.raises(ConfigError, match="two tasks share a name"):
         load_eval_config(base={"tasks": [{"file": "a/x.jsonl"}, {"file": "b/x.jsonl"}]})
-    with pytest.raises(ConfigError, match=r"unknown key 'tasks\[0\].windw'"):
+    with pytest.raises(ConfigError, match=r"tasks\[0\].windw: unknown key; did you mean tasks\[0\].window"):
         load_eval_config(base={"tasks": [{"file": "x.txt", "kind": "perplexity", "windw": 3}]})
     with pytest.raises(ConfigError, match="nothing to evaluate"):
         load_eval_config(base={})

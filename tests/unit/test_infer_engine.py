@@ -159,11 +159,12 @@ def test_cancel_frees_the_row(model_tok):
 def test_bad_options_are_config_errors(model_tok):
     model, tok = model_tok
     engine = TransformersEngine(model, tok)
-    for cfg in (DecodingConfig(top_p=0), DecodingConfig(temperature=-1), DecodingConfig(num_beams=2, temperature=1.0),
-                DecodingConfig(max_new_tokens=0), DecodingConfig(seed=2**64),
-                DecodingConfig(num_beams=2, presence_penalty=1.0)):
-        with pytest.raises(ConfigError):
-            engine.submit(Request("x", cfg))
+    for options in ({"top_p": 0}, {"temperature": -1}, {"num_beams": 2, "temperature": 1.0}, {"max_new_tokens": 0},
+                    {"seed": 2**64}, {"num_beams": 2, "presence_penalty": 1.0}):
+        with pytest.raises(ConfigError):  # refused when the options are made, before any request
+            DecodingConfig(**options)
+        with pytest.raises(ConfigError):  # and when a request carries options changed without a check
+            engine.submit(Request("x", DecodingConfig().model_copy(update=options)))
     with pytest.raises(ConfigError, match="not loaded"):
         engine.submit(Request("x", adapter="nope"))
     with pytest.raises(ConfigError, match="num_beams"):

@@ -288,7 +288,7 @@ def test_make_judge_needs_model_or_url():
     with pytest.raises(ConfigError) as err:
         make_judge(JudgeConfig())
     assert "judge.model" in str(err.value) and "judge.base_url" in str(err.value)
-    with pytest.raises(ConfigError, match="judge.endpoint_model"):
+    with pytest.raises(ConfigError, match="endpoint_model: a judge endpoint needs the model name"):
         make_judge(JudgeConfig(base_url="http://127.0.0.1:1/v1"))
 
 

@@ -128,8 +128,8 @@ def test_similar_selection_with_a_tiny_sentence_transformer(tmp_path):
     SentenceTransformer(modules=[word, models.Pooling(word.get_word_embedding_dimension(), "mean")]).save(
         str(tmp_path / "st"))
     pool_file = write_jsonl(tmp_path / "pool.jsonl", POOL)
-    cfg = PromptingConfig(template="qa", fewshot_file=str(pool_file), output_field="answer", k=2, select="similar",
-                          embedder=str(tmp_path / "st"))
+    cfg = PromptingConfig(template="qa", fewshot_file=str(pool_file), answer_field="answer", num_fewshot=2,
+                          fewshot_select="similar", fewshot_embedder=str(tmp_path / "st"))
     queries = [{"question": "What is 3 plus 3?"}, {"question": "How tall is a tree?"}]
     prompts = build_prompts(cfg, queries)
     # the nearest two by the same model's own cosine similarity, computed independently
@@ -150,7 +150,7 @@ def test_similar_selection_with_a_tiny_sentence_transformer(tmp_path):
 
 def test_chat_and_text_few_shot_with_chain_of_thought(tmp_path):
     pool_file = write_jsonl(tmp_path / "pool.jsonl", POOL)
-    cfg = PromptingConfig(template="math", fewshot_file=str(pool_file), output_field="answer", k=2, cot=True)
+    cfg = PromptingConfig(template="math", fewshot_file=str(pool_file), answer_field="answer", num_fewshot=2, cot=True)
     [messages] = build_prompts(cfg, [{"question": "What is 9 plus 9?"}])
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user"]
     assert all(m["content"].startswith("The answer is ") for m in messages[1::2])  # the format asked for, shown
@@ -158,7 +158,7 @@ def test_chat_and_text_few_shot_with_chain_of_thought(tmp_path):
     assert messages[-1]["content"].endswith('as "The answer is X."')
     gsm = write_jsonl(tmp_path / "gsm.jsonl", [{**r, "answer": f"{r['answer']} apples\n#### {r['answer']}"}
                                                for r in POOL])
-    text_cfg = PromptingConfig(template="math", fewshot_file=str(gsm), output_field="answer", k=3, cot=True,
+    text_cfg = PromptingConfig(template="math", fewshot_file=str(gsm), answer_field="answer", num_fewshot=3, cot=True,
                                chat=False)
     [text] = build_prompts(text_cfg, ["Problem: What is 9 plus 9?\nAnswer:"])
     assert text.count("####") == 3 + 1  # three solved examples kept as written, and the request for "#### X"
@@ -167,24 +167,24 @@ def test_chat_and_text_few_shot_with_chain_of_thought(tmp_path):
 
     assert stop_strings(text_cfg) == ["\n\nProblem:"]  # a base model stops before writing the next example
     convo = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 9 plus 9?"}]
-    [m] = build_prompts(PromptingConfig(fewshot_file=str(pool_file), input_field="question", output_field="answer",
-                                        k=1), [convo])
+    [m] = build_prompts(PromptingConfig(fewshot_file=str(pool_file), prompt_field="question", answer_field="answer",
+                                        num_fewshot=1), [convo])
     assert [x["role"] for x in m] == ["system", "user", "assistant", "user"] and m[-1] == convo[-1]
 
 
 def test_config_errors_name_the_key(tmp_path):
-    for cfg, needle in [(PromptingConfig(select="nearest"), "select: 'nearest'"),
-                        (PromptingConfig(samples=0), "samples: 0"),
-                        (PromptingConfig(samples=3, temperature=0), "temperature: 0"),
-                        (PromptingConfig(answer_kind="choice"), "choices: answer_kind choice needs"),
-                        (PromptingConfig(answer_kind="bool"), "answer_kind: 'bool'")]:
-        with pytest.raises(ConfigError, match=needle):
-            cfg.check()
-    with pytest.raises(ConfigError, match="fewshot_file: k=2 examples need a file"):
-        build_prompts(PromptingConfig(k=2), ["hi"])
+    for options, needle in [({"fewshot_select": "nearest"}, "fewshot_select: 'nearest' is not allowed"),
+                            ({"self_consistency": 0}, "self_consistency: got 0"),
+                            ({"answer_kind": "choice"}, "choices: answer_kind choice needs"),
+                            ({"answer_kind": "bool"}, "answer_kind: 'bool'"),
+                            ({"k": 2}, "k: unknown key; did you mean num_fewshot?")]:
+        with pytest.raises(ConfigError, match=needle.replace("?", r"\?")):
+            PromptingConfig(**options)
+    with pytest.raises(ConfigError, match="fewshot_file: num_fewshot=2 examples need a file"):
+        build_prompts(PromptingConfig(num_fewshot=2), ["hi"])
     bad = write_jsonl(tmp_path / "pool.jsonl", [{"prompt": "a", "completion": "b"}, {"prompt": "c"}])
     with pytest.raises(DataError, match=r"pool.jsonl:2: a few-shot example needs its answer in a 'completion'"):
-        build_prompts(PromptingConfig(fewshot_file=str(bad), k=1), ["hi"])
+        build_prompts(PromptingConfig(fewshot_file=str(bad), num_fewshot=1), ["hi"])
 
 
 # ---------------------------------------------------------------- answers and votes
@@ -260,7 +260,7 @@ def test_answer_reads_final_answers_from_model_and_tokenizer_pair():
 
     model, tok = tiny_llama(init_std=0.5)
     model.train()
-    cfg = PromptingConfig(samples=2, answer_kind="text")
+    cfg = PromptingConfig(self_consistency=2, answer_kind="text")
     results = answer((model, tok), ["x", "y", "z"], cfg, DecodingConfig(max_new_tokens=5, ignore_eos=True))
     assert len(results) == 3 and all(isinstance(r, Result) and len(r.samples) == 2 for r in results)
     assert all(r.answer == majority_vote([s.strip() or None for s in r.samples])[0] for r in results)
@@ -280,7 +280,7 @@ def test_eval_generate_task_with_few_shot_and_chain_of_thought(tiny_model_dir, t
     from tunelab.eval import evaluate, load_eval_config
 
     task = {"file": str(_qa_file(tmp_path)), "kind": "generate", "template": "{question}", "metrics": ["numeric"],
-            "num_fewshot": 2, "cot": True, "max_new_tokens": 6}
+            "num_fewshot": 2, "cot": True, "decoding": {"max_new_tokens": 6}}
     cfg = load_eval_config(base={"models": [{"name": "tiny", "model": str(tiny_model_dir)}], "tasks": [task],
                                  "output_dir": str(tmp_path), "run_name": "e", "dtype": "fp32"})
     figures = evaluate(cfg)["tasks"]["qa"]["results"]["tiny"]

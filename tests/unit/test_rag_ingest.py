@@ -145,7 +145,7 @@ def test_docx_headings_become_a_heading_path_and_tables_are_kept(tmp_path):
     [doc] = _load(path)
     assert doc.markdown
     assert "System | Command" in doc.text and "Debian | apt install tool" in doc.text
-    chunks = Splitter(SplitConfig("markdown", 40, 0)).split(doc, "h")
+    chunks = Splitter(SplitConfig(kind="markdown", size=40, overlap=0)).split(doc, "h")
     where = {c.text: c.headings for c in chunks}
     by_text = lambda needle: next(h for t, h in where.items() if needle in t)
     assert by_text("apt package manager") == "Install > Linux"
@@ -267,7 +267,7 @@ UNICODE = ("Café naïve résumé 😀 — über Straße. " * 30) + "\n\n# Títu
 @pytest.mark.parametrize("kind", ["recursive", "markdown", "tokens", "auto"])
 def test_every_chunk_is_its_exact_span(kind, embedder):
     size, overlap = (24, 6) if kind == "tokens" else (120, 30)
-    splitter = Splitter(SplitConfig(kind, size, overlap), embedder.tokenizer() if kind == "tokens" else None)
+    splitter = Splitter(SplitConfig(kind=kind, size=size, overlap=overlap), embedder.tokenizer() if kind == "tokens" else None)
     for text, md in ((MARKDOWN, True), (LONG, False), (UNICODE, True), (UNICODE, False)):
         doc = Document(text, "/x/doc.md", page=2, markdown=md)
         chunks = splitter.split(doc, "hash")
@@ -280,7 +280,7 @@ def test_every_chunk_is_its_exact_span(kind, embedder):
 
 
 def test_recursive_chunks_overlap_and_cover_the_text():
-    cfg = SplitConfig("recursive", 200, 60)
+    cfg = SplitConfig(kind="recursive", size=200, overlap=60)
     doc = Document(LONG, "/x/long.txt")
     chunks = Splitter(cfg).split(doc, "h")
     assert len(chunks) > 5
@@ -294,7 +294,7 @@ def test_recursive_chunks_overlap_and_cover_the_text():
 
 def test_markdown_heading_paths_ignore_hashes_in_code_fences():
     doc = Document(MARKDOWN, "/x/guide.md", markdown=True)
-    chunks = Splitter(SplitConfig("markdown", 200, 0)).split(doc, "h")
+    chunks = Splitter(SplitConfig(kind="markdown", size=200, overlap=0)).split(doc, "h")
     path_of = lambda needle: next(c.headings for c in chunks if needle in c.text)
     assert path_of("Intro text") == "Title"
     assert path_of("General notes on installing") == "Title > Install"
@@ -308,7 +308,7 @@ def test_markdown_heading_paths_ignore_hashes_in_code_fences():
 def test_token_splitter_keeps_chunks_within_the_token_budget(embedder):
     tokenizer = embedder.tokenizer()
     for size in (16, 40):
-        splitter = Splitter(SplitConfig("tokens", size, size // 4), tokenizer)
+        splitter = Splitter(SplitConfig(kind="tokens", size=size, overlap=size // 4), tokenizer)
         for text, md in ((LONG, False), (MARKDOWN, True), (UNICODE, False)):
             chunks = splitter.split(Document(text, "/x/t.md", markdown=md), "h")
             lengths = [len(tokenizer.encode(c.text, add_special_tokens=False).ids) for c in chunks]
@@ -318,11 +318,11 @@ def test_token_splitter_keeps_chunks_within_the_token_budget(embedder):
 
 def test_split_config_is_checked():
     with pytest.raises(ConfigError):
-        SplitConfig("sentences").check()
+        SplitConfig(kind="sentences").check()
     with pytest.raises(ConfigError):
-        SplitConfig("recursive", 100, 100).check()
+        SplitConfig(kind="recursive", size=100, overlap=100).check()
     with pytest.raises(ConfigError):
-        Splitter(SplitConfig("tokens", 100, 10))  # no tokenizer
+        Splitter(SplitConfig(kind="tokens", size=100, overlap=10))  # no tokenizer
 
 
 # ---------------------------------------------------------------- incremental ingest
@@ -337,7 +337,7 @@ def _corpus(folder: Path, n: int = 5) -> Path:
 
 def test_reindexing_the_same_files_adds_nothing(tmp_path, embedder):
     docs, store_dir = _corpus(tmp_path / "docs"), tmp_path / "store"
-    split = SplitConfig("recursive", 150, 30)
+    split = SplitConfig(kind="recursive", size=150, overlap=30)
     first = ingest.index([docs], store_dir, embedder=embedder, split=split)
     assert first.indexed == 5 and first.chunks == first.store_chunks > 5
     store = open_store(store_dir)
@@ -353,7 +353,7 @@ def test_reindexing_the_same_files_adds_nothing(tmp_path, embedder):
 
 def test_a_changed_file_replaces_its_old_chunks(tmp_path, embedder):
     docs, store_dir = _corpus(tmp_path / "docs"), tmp_path / "store"
-    ingest.index([docs], store_dir, embedder=embedder, split=SplitConfig("recursive", 150, 30))
+    ingest.index([docs], store_dir, embedder=embedder, split=SplitConfig(kind="recursive", size=150, overlap=30))
     before = _manifest(store_dir)
     (docs / "f1.txt").write_text("Zebras live on the savanna. " * 3, encoding="utf-8")
     report = ingest.index([docs], store_dir, embedder=embedder)
@@ -412,7 +412,7 @@ def test_a_write_that_fails_leaves_complete_files_and_a_rerun_finishes(tmp_path,
     else:
         from tunelab.rag.stores.lance import LanceStore as cls
     docs = _corpus(tmp_path / "docs", 8)
-    split = SplitConfig("recursive", 150, 30)
+    split = SplitConfig(kind="recursive", size=150, overlap=30)
     ingest.index([docs], tmp_path / "clean", embedder=embedder, split=split, backend=backend)
     clean = _ids(tmp_path / "clean")
 
@@ -455,7 +455,7 @@ def write(self, chunks):
     calls.append(1)
     original(self, chunks)
 LanceStore.write = write
-ingest.index([sys.argv[1]], sys.argv[2], embedder=sys.argv[3], split=SplitConfig("recursive", 300, 50))
+ingest.index([sys.argv[1]], sys.argv[2], embedder=sys.argv[3], split=SplitConfig(kind="recursive", size=300, overlap=50))
 print("not killed")
 """
 

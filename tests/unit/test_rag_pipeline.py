@@ -195,7 +195,7 @@ def generate_calls(monkeypatch):
 
 def _pipeline(store_dir, engine, embedder, **kwargs) -> RagPipeline:
     retrieval = kwargs.pop("retrieval", RetrievalConfig(mode="bm25", k=3, min_score=None))
-    return RagPipeline(store_dir, engine, RagConfig(retrieval=retrieval, max_new_tokens=4, **kwargs),
+    return RagPipeline(store_dir, engine, RagConfig(retrieval=retrieval, decoding={"max_new_tokens": 4}, **kwargs),
                        embedder=embedder)
 
 

@@ -52,7 +52,7 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def lance_dir(tmp_path_factory, corpus, embedder) -> Path:
     store_dir = tmp_path_factory.mktemp("lance") / "store"
-    ingest.index([corpus], store_dir, embedder=embedder, split=SplitConfig("recursive", 60, 10))
+    ingest.index([corpus], store_dir, embedder=embedder, split=SplitConfig(kind="recursive", size=60, overlap=10))
     return store_dir
 
 
@@ -60,7 +60,7 @@ def lance_dir(tmp_path_factory, corpus, embedder) -> Path:
 def qdrant_dir(tmp_path_factory, corpus, embedder) -> Path:
     pytest.importorskip("qdrant_client")
     store_dir = tmp_path_factory.mktemp("qdrant") / "store"
-    ingest.index([corpus], store_dir, embedder=embedder, split=SplitConfig("recursive", 60, 10), backend="qdrant")
+    ingest.index([corpus], store_dir, embedder=embedder, split=SplitConfig(kind="recursive", size=60, overlap=10), backend="qdrant")
     return store_dir
 
 

@@ -70,7 +70,8 @@ class Options(BaseModel):
 
     def replace(self, **changes: Any):
         """A checked copy with some fields changed (the dataclasses.replace of options)."""
-        return type(self).model_validate({**dict(self), **changes})
+        values = {name: getattr(self, name) for name in type(self).model_fields}  # dict(self) trips on a `keys` field
+        return validate(type(self), {**values, **changes})
 
     @classmethod
     def load(cls, raw: Any, where: str = ""):
@@ -259,7 +260,16 @@ def suggest(word: str, models: list[type[BaseModel]]) -> str | None:
     found = difflib.get_close_matches(word, list(names), n=1, cutoff=0.6)
     if not found:  # a prefix of a longer name: learning_rat -> learning_rate (aka of lr)
         found = [n for n in names if len(word) >= 3 and (n.startswith(word) or word.startswith(n) and len(n) > 3)][:1]
-    return names[found[0]] if found else None
+    if found:
+        return names[found[0]]
+    for m in models:  # an option of a nested group written one level too high: max_new_tokens -> decoding.
+        for name, f in m.model_fields.items():
+            groups = models_in(f.annotation)
+            if len(groups) == 1 and typing.get_origin(_unwrap(f.annotation)) is None:
+                inner = suggest(word, groups)
+                if inner == word or inner and difflib.get_close_matches(word, [inner], n=1, cutoff=0.8):
+                    return f"{name}.{inner}"
+    return None
 
 
 def _did_you_mean(given: Any, words: list[str]) -> str:

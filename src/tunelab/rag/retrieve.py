@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 from pydantic import model_validator
 
-from tunelab.config.options import Options, opt
+from tunelab.config.options import Options, fail, opt
 from tunelab.errors import ConfigError
 from tunelab.rag.bm25 import BM25Index
 from tunelab.rag.embed import Embedder, one_thread
@@ -61,6 +61,9 @@ class RetrievalConfig(Options):
 
     @model_validator(mode="after")
     def _enough_candidates(self) -> RetrievalConfig:
+        if self.candidates < self.k and "candidates" in self.model_fields_set:
+            fail("candidates", f"each list proposes {self.candidates} chunks, fewer than the k={self.k} asked for; "
+                 "raise candidates or lower k")
         self.candidates = max(self.candidates, self.k)  # each list proposes at least the k asked for
         parse_filter(self.where)
         return self
