@@ -158,7 +158,7 @@ def test_teacher_with_another_output_size_is_refused(workdir):
 
 
 @pytest.mark.parametrize("teacher,message", [
-    ("", "objective.teacher: no teacher given"),
+    ("", "objective.teacher: got ''; string should have at least 1 character .model alias, model folder"),
     ("{root}/no-such-run", "objective.teacher: .*no-such-run"),
 ])
 def test_missing_teacher_is_refused(workdir, teacher, message):

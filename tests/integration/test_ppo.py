@@ -175,7 +175,7 @@ def test_full_method_keeps_a_frozen_reference_copy(setup):
 def test_user_errors_name_the_key_or_file(setup, tmp_path):
     policy = setup[0]
     base = [f"train.output_dir={tmp_path}", "train.run_name=err", "train.max_steps=1"]
-    with pytest.raises(ConfigError, match="objective.reward_model: not set"):
+    with pytest.raises(ConfigError, match="objective.reward_model: got ''; .* .an rm run folder"):
         train(load_config(None, settings(setup, "err", "objective.reward_model=") + base))
     with pytest.raises(ConfigError, match="objective.reward_model: .*does not exist"):
         train(load_config(None, settings(setup, "err", f"objective.reward_model={tmp_path / 'nope'}") + base))

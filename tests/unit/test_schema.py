@@ -52,6 +52,8 @@ def bad_values(field) -> list:
         out.append(5)
     elif models_in(tp):
         out.append(5)
+    else:  # a union such as `list[str] | str`: a mapping is neither
+        out.append({"a": 1})
     for bound in field.metadata:
         if isinstance(bound, annotated_types.Ge):
             out.append(bound.ge - 1)
@@ -125,12 +127,13 @@ def test_every_field_refuses_a_bad_value_naming_its_key(kind, key, raw):
     assert message.startswith("config.yaml: ") and f"{key}" in message, message
 
 
-def test_the_walk_covers_every_method_and_objective_option():
-    keys = {key for _, key, _ in (c.values for c in cases())}
+def test_the_walk_covers_every_option_of_every_method_and_objective():
+    walked = {(key, raw[key.split(".")[0]].get("name")) for kind, key, raw in (c.values for c in cases())
+              if kind == "run" and key.split(".")[0] in ("method", "objective")}
     for table, section in ((METHODS, "method"), (OBJECTIVES, "objective")):
         for entry in table.values():
             for name in entry.config.model_fields:
-                assert name == "name" or f"{section}.{name}" in keys
+                assert name == "name" or (f"{section}.{name}", entry.name) in walked, (entry.name, name)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -201,3 +204,42 @@ def test_every_kind_has_a_json_schema(kind):
     schema = json_schema(kind)
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["properties"]
+
+
+def test_config_new_writes_a_commented_config_that_loads_as_asked(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    assert main(["config", "new", "--objective", "dpo", "--method", "qlora", "-o", str(path)]) == 0
+    text = path.read_text()
+    assert "# yaml-language-server: $schema=" in text and "quant_type: nf4  # 4-bit number format" in text
+    assert "(one of: sigmoid, ipo, hinge)" in text
+    from tunelab.config import load_config
+
+    cfg = load_config(path)
+    assert cfg.objective_name == "dpo" and cfg.method_name == "qlora" and cfg.objective.beta == 0.1
+    assert main(["config", "new", "-o", str(path)]) == 2  # never overwrites without --force
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_config_show_marks_defaults(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("train: {lr: 1.0e-4}\nmethod: {name: lora, r: 8}\n")
+    assert main(["config", "show", str(path), "--set", "train.epochs=2"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.strip().split(":")[0]: line for line in out.splitlines() if ":" in line}
+    assert "# default" not in lines["lr"] and "# default" not in lines["epochs"] and "# default" not in lines["r"]
+    assert lines["batch_size"].endswith("# default") and lines["alpha"].endswith("# default")
+
+
+def test_config_schema_command_and_the_editor_example(tmp_path):
+    import json
+
+    for kind in ("run", "eval"):
+        out = tmp_path / f"tunelab-{kind}.schema.json"
+        assert main(["config", "schema", kind, "-o", str(out)]) == 0
+        assert json.loads(out.read_text()) == json_schema(kind)
+    settings = json.loads((EXAMPLES / "editor" / "vscode-settings.json").read_text())["yaml.schemas"]
+    assert {Path(name).name for name in settings} == {"tunelab-run.schema.json", "tunelab-eval.schema.json"}
+    for name, globs in settings.items():  # every shipped config is covered by the schema of its kind
+        covered = {p for g in globs for p in (EXAMPLES.parent).glob(g)}
+        kind = "eval" if "eval" in name else "run"
+        assert covered >= set(_examples(EXAMPLES / "eval" if kind == "eval" else EXAMPLES))

@@ -84,6 +84,8 @@ def deep_merge(base: dict, over: dict) -> dict:
             if isinstance(old, dict) and value.get("name", old.get("name")) != old.get("name"):
                 old = {}  # another method or objective: the options of the old one do not apply
             out[key] = deep_merge(old if isinstance(old, dict) else {}, value)
+        elif isinstance(value, str) and isinstance(old, dict) and old.get("name") == value:
+            continue  # `--method lora` over a file's `method: {name: lora, r: 8}` keeps its options
         else:
             out[key] = value
     return out

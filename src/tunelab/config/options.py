@@ -167,18 +167,23 @@ def explain(error: ValidationError, cls: type[BaseModel], raw: Any) -> str:
     """One line per problem: `dotted.key: what was given; what is allowed (did you mean ...?)`."""
     lines = []
     for err in error.errors(include_url=False):
-        parts, models = _walk(err["loc"], cls, raw)
+        parts, models, owners = _walk(err["loc"], cls, raw)
         key = _dotted(parts)
-        lines.append(_line(err, key, models, parts))
+        line = _line(err, key, models, parts)
+        field = next((m.model_fields[parts[-1]] for m in owners if parts and parts[-1] in m.model_fields), None)
+        if err["type"] in ("missing", "string_too_short") and field is not None and field.description:
+            line += f" ({field.description})"  # what belongs there
+        lines.append(line)
     unique = list(dict.fromkeys(lines))
     return unique[0] if len(unique) == 1 else "\n  " + "\n  ".join(unique)
 
 
 def _walk(loc: tuple, cls: type[BaseModel], raw: Any) -> tuple[list, list[type[BaseModel]]]:
     """The user's key path for a pydantic error location (union tags and validator names dropped),
-    and the option classes that could hold the last key."""
+    the option classes the last key's value could be, and those the last key belongs to."""
     parts: list = []
     models: list[type[BaseModel]] = [cls]
+    owners: list[type[BaseModel]] = []
     value = raw
     for part in loc:
         if isinstance(part, str) and ("[" in part or "(" in part):
@@ -189,6 +194,7 @@ def _walk(loc: tuple, cls: type[BaseModel], raw: Any) -> tuple[list, list[type[B
                 models = tagged
                 continue
         parts.append(part)
+        owners = models
         field_models = [m.model_fields[part] for m in models if isinstance(part, str) and part in m.model_fields]
         if field_models:
             models = models_in(field_models[0].annotation)
@@ -201,7 +207,7 @@ def _walk(loc: tuple, cls: type[BaseModel], raw: Any) -> tuple[list, list[type[B
             value = None
         if isinstance(value, dict) and len(models) > 1 and value.get("name") is not None:
             models = [m for m in models if _tag(m) == value.get("name")] or models
-    return parts, models
+    return parts, models, owners
 
 
 def _tag(model: type[BaseModel]) -> str | None:
@@ -230,11 +236,11 @@ def _line(err: dict, key: str, models: list[type[BaseModel]], parts: list) -> st
     if kind == "union_tag_invalid":
         tags = re.findall(r"'([^']*)'", ctx.get("expected_tags", ""))
         name = f"{key}.name" if key else "name"
-        return f"{name}: {ctx.get('tag')!r} is not known; choose one of {', '.join(tags)}{_did_you_mean(ctx.get('tag'), tags)}"
+        return f"{name}: {ctx.get('tag')!r} is not known; choose one of {', '.join(tags)}{did_you_mean(ctx.get('tag'), tags)}"
     if kind == "literal_error":
         allowed = re.findall(r"'([^']*)'|(\b\w+\b)", ctx.get("expected", ""))
         words = [a or b for a, b in allowed if (a or b) != "or"]
-        return f"{key}: {given!r} is not allowed; choose one of {', '.join(words)}{_did_you_mean(given, words)}"
+        return f"{key}: {given!r} is not allowed; choose one of {', '.join(words)}{did_you_mean(given, words)}"
     if kind == "missing":
         return f"{key}: required, and not given"
     if kind in ("value_error", "assertion_error"):
@@ -272,7 +278,7 @@ def suggest(word: str, models: list[type[BaseModel]]) -> str | None:
     return None
 
 
-def _did_you_mean(given: Any, words: list[str]) -> str:
+def did_you_mean(given: Any, words: list[str]) -> str:
     if not isinstance(given, str):
         return ""
     found = difflib.get_close_matches(given, [str(w) for w in words], n=1, cutoff=0.5)

@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, create_model
 
 from tunelab.config.files import deep_merge, parse_overrides, read_yaml, to_dict
-from tunelab.config.options import Options, models_in, opt, validate
+from tunelab.config.options import Options, did_you_mean, literal_values, models_in, opt, validate
+from tunelab.errors import ConfigError
 
 KINDS = ("run", "eval", "rag", "serve", "generate", "chat")
 SCHEMA_URL = "https://json-schema.org/draft/2020-12/schema"
@@ -134,33 +135,48 @@ def _defaults(cfg: BaseModel, prefix: str = "") -> set[str]:
 
 
 def starter(objective: str = "sft", method: str = "lora") -> str:
-    """A commented run config for `objective` and `method`: every option at its default, with its help."""
-    from tunelab.config.run import resolve
+    """A commented run config for `objective` and `method`: every option at its default, with its help;
+    options with no default are marked REQUIRED."""
+    from tunelab.config.run import run_schema
+    from tunelab.methods import METHODS
+    from tunelab.objectives import OBJECTIVES
 
-    cfg = resolve({"objective": objective, "method": method}, "config new")
+    for kind, name, table in (("objective", objective, OBJECTIVES), ("method", method, METHODS)):
+        if name not in table:
+            raise ConfigError(f"--{kind} {name}: not known; choose one of {', '.join(sorted(table))}"
+                              f"{did_you_mean(name, list(table))}")
+    schema = run_schema()
+    classes = {"model": schema.model_fields["model"].annotation, "data": schema.model_fields["data"].annotation,
+               "train": schema.model_fields["train"].annotation, "objective": OBJECTIVES[objective].config,
+               "method": METHODS[method].config}
     lines = ["# yaml-language-server: $schema=tunelab-run.schema.json",
              f"# A tunelab run: objective {objective}, method {method}. Every option is at its default;",
              "# delete what you do not change. Check it with: tunelab config show THIS_FILE", ""]
-    for section in type(cfg).model_fields:
-        value = getattr(cfg, section)
-        field = type(cfg).model_fields[section]
-        lines.append(f"{section}:  # {field.description}")
-        lines += _commented(value, 1)
+    for section, cls in classes.items():
+        lines.append(f"{section}:  # {schema.model_fields[section].description}")
+        lines += _commented(cls, 1)
         lines.append("")
     return "\n".join(lines)
 
 
-def _commented(cfg: BaseModel, depth: int) -> list[str]:
+def _commented(cls: type[BaseModel], depth: int) -> list[str]:
     out = []
     pad = "  " * depth
-    for name, field in type(cfg).model_fields.items():
-        value = getattr(cfg, name)
-        if isinstance(value, BaseModel):
+    for name, field in cls.model_fields.items():
+        groups = models_in(field.annotation)
+        if len(groups) == 1 and not field.is_required() and isinstance(field.get_default(call_default_factory=True),
+                                                                       BaseModel):
             out.append(f"{pad}{name}:  # {field.description}")
-            out += _commented(value, depth + 1)
+            out += _commented(groups[0], depth + 1)
             continue
-        text = yaml.safe_dump({name: to_dict(value)}, default_flow_style=True, width=10_000).strip()[1:-1]
         help_text = field.description or ""
-        choices = [m for m in models_in(field.annotation)]
-        out.append(f"{pad}{text}" + (f"  # {help_text}" if help_text and not choices else ""))
+        words = literal_values(field.annotation)
+        if words and name != "name":
+            help_text += f" (one of: {', '.join(map(str, words))})"
+        if field.is_required():
+            out.append(f"{pad}{name}:  # REQUIRED: {help_text}")
+            continue
+        default = to_dict(field.get_default(call_default_factory=True))
+        text = yaml.safe_dump({name: default}, default_flow_style=True, width=10_000).strip()[1:-1]
+        out.append(f"{pad}{text}" + (f"  # {help_text}" if help_text else ""))
     return out

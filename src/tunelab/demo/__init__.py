@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.config import load_config
+from tunelab.config import DEFAULT_MODEL, load_config
 from tunelab.demo.requests import make_examples, write_jsonl
 from tunelab.eval.json_match import score_json
 from tunelab.infer import DecodingConfig, generate
@@ -28,7 +28,7 @@ def evaluate(model, tokenizer, examples: list[dict]) -> tuple[dict, list[str]]:
 
 
 def run_demo(output_dir: str = "runs", n_train: int = 400, n_test: int = 60, epochs: float = 1.0,
-             model: str = "smollm2-135m-instruct", console: Console | None = None) -> dict:
+             model: str = DEFAULT_MODEL, console: Console | None = None) -> dict:
     """Run the demo end to end; returns {"before": metrics, "after": metrics, "summary": run summary}."""
     console = console or Console()
     t0 = time.time()

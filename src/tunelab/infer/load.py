@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from tunelab.config.groups import Dtype
+from tunelab.config.run import DEFAULT_MODEL
 from tunelab.config.options import Options, opt
 from tunelab.errors import ConfigError
 from tunelab.infer.backends import BACKENDS
@@ -15,7 +16,7 @@ BackendName = Literal[tuple(BACKENDS)]  # the registered backends, found when th
 class LoadConfig(Options):
     """Which model answers, with which adapters, on which backend and in what precision."""
 
-    model: str | None = opt(None, "alias, folder, .gguf or Hub id; default the packaged smollm2-135m-instruct")
+    model: str | None = opt(None, f"alias, folder, .gguf or Hub id; default {DEFAULT_MODEL}")
     adapter: list[str] = opt([], "a run folder (runs/NAME) whose adapter or model to use; repeat as NAME=RUN to "
                              "load several adapters on one base", aka=("adapters", "lora_modules"))
     use: str | None = opt(None, "with several named adapters: the one to answer with by default")

@@ -60,7 +60,7 @@ class Config(Options):
     """Knowledge distillation options."""
 
     name: Literal["distill"] = "distill"
-    teacher: str = opt("", "model alias, model folder, Hub id, or a tunelab run folder (runs/<name>)",
+    teacher: str = opt(help="model alias, model folder, Hub id, or a tunelab run folder (runs/<name>)", min_length=1,
                        aka=("teacher_model", "teacher_model_name_or_path"))
     temperature: float = opt(2.0, "softens both distributions (1: as the models predict)", gt=0)
     kl: Literal["forward", "reverse"] = opt("forward", "forward: KL(teacher || student); reverse: KL(student || "

@@ -101,8 +101,9 @@ class Config(Options):
     """PPO options: rollouts, the clipped update, the value head, the KL penalty, evaluation."""
 
     name: Literal["ppo"] = "ppo"
-    reward_model: str = opt("", "an rm run folder (runs/<name>) or a sequence-classification model folder with one "
-                            "output", min_length=1, aka=("reward_model_path",))
+    reward_model: str = opt(help="an rm run folder (runs/<name>; train one with objective rm) or a "
+                            "sequence-classification model folder with one output", min_length=1,
+                            aka=("reward_model_path",))
     max_new_tokens: int = opt(32, "answer length limit", ge=1, aka=("response_length",))
     temperature: float = opt(1.0, "sampling temperature; also divides the logits in every log-probability", gt=0)
     top_k: int = opt(0, "0: off. Shapes sampling only (log-probabilities use the full distribution, as trl did)",
