@@ -25,12 +25,13 @@ from tunelab.errors import ConfigError
 
 _building = contextvars.ContextVar("tunelab_options_building", default=False)  # inside a validation already
 
-__all__ = ["Options", "opt", "grouped", "validate", "registered_union", "literal_values", "models_in", "fail"]
+__all__ = ["Options", "did_you_mean", "explain", "fail", "grouped", "literal_values", "models_in", "opt",
+           "registered_union", "suggest", "validate"]
 
 
 def opt(default: Any = PydanticUndefined, help: str = "", *, factory: Any = None, aka: tuple[str, ...] = (),
-        flag: str | None = None, flags: tuple[str, ...] = (), off_flags: tuple[str, ...] = (), sep: str | None = None, cli: bool = True,
-        **bounds: Any) -> Any:
+        flag: str | None = None, flags: tuple[str, ...] = (), off_flags: tuple[str, ...] = (),
+        sep: str | None = None, cli: bool = True, **bounds: Any) -> Any:
     """One option: its default, one line of help, bounds (ge, gt, le, lt, min_length...).
 
     aka: names users of other tools know it by (transformers, OpenAI, lm-eval); a key
@@ -41,8 +42,8 @@ def opt(default: Any = PydanticUndefined, help: str = "", *, factory: Any = None
     sep: a list given on the command line as one text split at `sep` (`--labels a,b`).
     cli: False keeps it off the command line (YAML and --set only).
     """
-    extra = {k: v for k, v in (("aka", list(aka)), ("flag", flag), ("flags", list(flags)), ("off_flags", list(off_flags)),
-                               ("sep", sep)) if v}
+    extra = {k: v for k, v in (("aka", list(aka)), ("flag", flag), ("flags", list(flags)),
+                               ("off_flags", list(off_flags)), ("sep", sep)) if v}
     if not cli:
         extra["cli"] = False
     kwargs: dict[str, Any] = {"description": help, "json_schema_extra": extra or None, **bounds}
