@@ -42,31 +42,15 @@ def cmd_data(args) -> int:
     return 0
 
 
-def _options(args) -> dict:
-    """The option groups of generate, chat and serve, from the flags given (defaults from the schema)."""
-    from tunelab.config import DecodingConfig
-    from tunelab.config.flags import given
-    from tunelab.infer.generate import GenerateConfig
-    from tunelab.infer.load import LoadConfig
-
-    out = {"load": LoadConfig.load(given(args, "load"), "flags"),
-           "decoding": DecodingConfig.load({**args.decoding_defaults, **given(args, "decoding")}, "flags")}
-    if hasattr(args, "generate_required"):
-        out["generate"] = GenerateConfig.load(given(args, "generate"), "flags")
-    return out
-
-
 def cmd_generate(args) -> int:
-    from tunelab.config.flags import given
+    from tunelab.config.schemas import from_command_line
     from tunelab.data.readers import read_records
     from tunelab.errors import DataError
     from tunelab.infer.engine import Request, generate
-    from tunelab.prompting import PromptingConfig
 
-    opts = _options(args)
-    load, decoding, out_cfg = opts["load"], opts["decoding"], opts["generate"]
-    prompting = PromptingConfig.load(given(args, "prompting"), "flags")
-    prompting = prompting.model_copy(update={"seed": decoding.seed or 0})
+    opts = from_command_line("generate", args)
+    load, decoding, out_cfg = opts.model, opts.decoding, opts.generate
+    prompting = opts.prompting.model_copy(update={"seed": decoding.seed or 0})
     if prompting.num_fewshot and not prompting.fewshot_file:
         raise ConfigError("--k: the number of few-shot examples needs --fewshot FILE to take them from")
     if prompting.in_use and decoding.logprobs:
@@ -113,28 +97,28 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from tunelab.config.flags import given
+    from tunelab.config.schemas import from_command_line
     from tunelab.infer.chat import chat_loop
 
-    opts = _options(args)
-    engine = opts["load"].model_copy(update={"max_batch_size": 1}).engine()
+    opts = from_command_line("chat", args)
+    engine = opts.model.engine()
     try:
-        chat_loop(engine, opts["decoding"], system=given(args, "generate").get("system"))
+        chat_loop(engine, opts.decoding, system=opts.chat.system)
     finally:
         engine.close()
     return 0
 
 
 def cmd_serve(args) -> int:
-    from tunelab.config.flags import given
-    from tunelab.serve import ServerConfig, load_embedder, serve
+    from tunelab.config.schemas import from_command_line
+    from tunelab.serve import load_embedder, serve
 
-    load = _options(args)["load"]
+    opts = from_command_line("serve", args)
+    load = opts.model
     names = [a.split("=", 1)[0] for a in load.adapter if "=" in a]
     if load.adapter and len(names) != len(load.adapter):
         raise ConfigError("--adapter: the server picks adapters by name; give each as NAME=RUN_FOLDER")
-    cfg = ServerConfig.load(given(args, "serve"), "flags")
-    cfg = cfg.model_copy(update={"served_name": cfg.served_name or load.model or DEFAULT_MODEL,
+    cfg = opts.server.model_copy(update={"served_name": cfg.served_name or load.model or DEFAULT_MODEL,
                                  "api_key": cfg.api_key or os.environ.get("TUNELAB_API_KEY") or None})
     engine = load.engine()
     embedder = load_embedder(cfg.embedding_model)
@@ -252,27 +236,12 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _inference_flags(p: argparse.ArgumentParser, *, max_new_tokens: int | None = None,
-                     batch: bool = True) -> None:
-    """The model-loading and decoding flags generate, chat and serve share."""
-    from tunelab.config import DecodingConfig
-    from tunelab.config.flags import add_flags
-    from tunelab.infer.load import LoadConfig
-
-    add_flags(p, LoadConfig, "load", title="model", skip=() if batch else ("max_batch_size",))
-    add_flags(p, DecodingConfig, "decoding", title="decoding")
-    p.set_defaults(decoding_defaults={"max_new_tokens": max_new_tokens} if max_new_tokens else {})
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Every command; their option flags come from the config schema (tunelab.config.flags)."""
     from tunelab.config import DataConfig, ModelConfig, RunConfig
-    from tunelab.config.flags import add_flags
+    from tunelab.config.flags import add_command_flags, add_flags
     from tunelab.eval.config import EvalConfig, TaskConfig
     from tunelab.eval.judge import JudgeConfig
-    from tunelab.infer.generate import GenerateConfig
-    from tunelab.prompting import PromptingConfig
-    from tunelab.serve import ServerConfig
 
     parser = argparse.ArgumentParser(prog="tunelab", description="Turn a general language model into a specialist.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
@@ -296,19 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("generate", help="batched generation over a JSONL file of prompts")
-    add_flags(p, GenerateConfig, "generate", title="input and output")
-    _inference_flags(p)
-    add_flags(p, PromptingConfig, "prompting", title="prompting")
-    p.set_defaults(func=cmd_generate, generate_required=True)
+    add_command_flags(p, "generate")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="interactive chat in the terminal (/reset, /system, /exit)")
-    add_flags(p, GenerateConfig, "generate", only=("system",))
-    _inference_flags(p, max_new_tokens=512, batch=False)
+    add_command_flags(p, "chat", skip=("model.max_batch_size",))
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat, completions, embeddings, adapters)")
-    add_flags(p, ServerConfig, "serve", title="server")
-    _inference_flags(p)
+    add_command_flags(p, "serve")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="evaluate models side by side: perplexity, multiple choice, generation "

@@ -243,3 +243,23 @@ def test_config_schema_command_and_the_editor_example(tmp_path):
         covered = {p for g in globs for p in (EXAMPLES.parent).glob(g)}
         kind = "eval" if "eval" in name else "run"
         assert covered >= set(_examples(EXAMPLES / "eval" if kind == "eval" else EXAMPLES))
+
+
+def test_a_command_reads_its_yaml_sections_with_flags_over_them(tmp_path):
+    from tunelab.cli import build_parser
+    from tunelab.config.schemas import from_command_line
+
+    path = tmp_path / "chat.yaml"
+    path.write_text("decoding: {top_p: 0.9, temperature: 0.2}\nchat: {system: Be brief.}\n")
+    args = build_parser().parse_args(["chat", "--config", str(path), "--temperature", "0.5"])
+    opts = from_command_line("chat", args)
+    assert opts.decoding.temperature == 0.5 and opts.decoding.top_p == 0.9  # the flag wins; the file fills the rest
+    assert opts.decoding.max_new_tokens == 512 and opts.model.max_batch_size == 1  # chat's own defaults
+    assert opts.chat.system == "Be brief."
+    path.write_text("decoding: {temprature: 0.2}\n")
+    with pytest.raises(ConfigError, match=rf"{path}: decoding.temprature: unknown key; did you mean "
+                                          r"decoding.temperature\?"):
+        from_command_line("chat", build_parser().parse_args(["chat", "--config", str(path)]))
+    args = build_parser().parse_args(["generate", "--output", "o.jsonl"])
+    with pytest.raises(ConfigError, match=r"generate.input: required, and not given \(JSONL"):
+        from_command_line("generate", args)

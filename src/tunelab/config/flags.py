@@ -24,13 +24,26 @@ from tunelab.config.options import literal_values, models_in
 PREFIX = "opt:"  # argparse dests of generated flags: opt:<root>.<dotted field>
 
 
+def add_command_flags(parser: argparse.ArgumentParser, kind: str, skip: tuple[str, ...] = ()) -> None:
+    """The flags of every section of a command (`tunelab.config.schemas.sections`), with its defaults,
+    and `--config FILE` for a YAML file of those sections; read them back with `schemas.from_command_line`."""
+    from tunelab.config.schemas import sections
+
+    parser.add_argument("--config", help=f"a YAML file of the sections {', '.join(sections(kind))} (see tunelab "
+                        f"config schema {kind}); flags given win over it")
+    for section, (cls, defaults) in sections(kind).items():
+        add_flags(parser, cls, section, title=section, defaults=defaults,
+                  skip=tuple(s.split(".", 1)[1] for s in skip if s.startswith(section + ".")))
+
+
 def add_flags(parser: argparse.ArgumentParser | Any, cls: type[BaseModel], root: str, *, dotted: bool = False,
               only: tuple[str, ...] | None = None, skip: tuple[str, ...] = (), title: str | None = None,
-              _path: str = "") -> None:
+              defaults: dict | None = None, _path: str = "") -> None:
     """Add a flag for each field of `cls` (and of its nested groups) to `parser`.
 
     only / skip: dotted field names (relative to `cls`) to include / leave out.
     dotted: flags named after their section (`--train.lr`) rather than the field alone.
+    defaults: the defaults this command uses where they differ from the fields' (shown in the help).
     """
     target = parser.add_argument_group(title, cls.__doc__.strip().splitlines()[0] if cls.__doc__ else None) \
         if title else parser
@@ -44,11 +57,12 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type[BaseModel], root:
             continue
         groups = models_in(field.annotation)
         if len(groups) == 1 and typing.get_origin(_plain(field.annotation)) is None:
-            add_flags(target, groups[0], root, dotted=dotted, only=only, skip=skip, _path=path + ".")
+            add_flags(target, groups[0], root, dotted=dotted, only=only, skip=skip, defaults=defaults,
+                      _path=path + ".")
             continue
         if groups:
             continue  # lists of groups (eval tasks) are YAML and --set only
-        _add(target, field, path, root, dotted, extra)
+        _add(target, field, path, root, dotted, extra, (defaults or {}).get(path, _UNSET))
 
 
 def _plain(tp: Any) -> Any:
@@ -62,14 +76,17 @@ def _plain(tp: Any) -> Any:
     return tp
 
 
-def _add(parser, field, path: str, root: str, dotted: bool, extra: dict) -> None:
+_UNSET = object()
+
+
+def _add(parser, field, path: str, root: str, dotted: bool, extra: dict, default: Any = _UNSET) -> None:
     dest = f"{PREFIX}{root}.{path}"
     name = path if dotted else path.rsplit(".", 1)[-1]
     primary = (not dotted and extra.get("flag")) or "--" + name.replace("_", "-")
     names = [primary, *extra.get("flags", [])]
     tp = _plain(field.annotation)
     help_text = field.description or ""
-    default = field.get_default(call_default_factory=True)
+    default = field.get_default(call_default_factory=True) if default is _UNSET else default
     if default not in (None, "", [], {}) and not isinstance(default, bool):
         help_text += f" (default {default!r})" if isinstance(default, str) and default.strip() != default else \
             f" (default {default})"

@@ -16,35 +16,38 @@ import yaml
 from pydantic import BaseModel, create_model
 
 from tunelab.config.files import deep_merge, parse_overrides, read_yaml, to_dict
-from tunelab.config.options import Options, did_you_mean, literal_values, models_in, opt, validate
+from tunelab.config.options import Options, did_you_mean, grouped, literal_values, models_in, opt, validate
 from tunelab.errors import ConfigError
 
 KINDS = ("run", "eval", "rag", "serve", "generate", "chat")
 SCHEMA_URL = "https://json-schema.org/draft/2020-12/schema"
 
 
-def sections(kind: str) -> dict[str, type[BaseModel]]:
-    """The option groups a command of this kind reads, by section name (also the flags' roots)."""
+def sections(kind: str) -> dict[str, tuple[type[BaseModel], dict]]:
+    """The option groups a command of this kind reads: section name (also the flags' root) -> (class,
+    the defaults that differ in this command)."""
     from tunelab.config import DecodingConfig
+    from tunelab.infer.chat import ChatConfig
     from tunelab.infer.generate import GenerateConfig
     from tunelab.infer.load import LoadConfig
 
     if kind == "serve":
         from tunelab.serve import ServerConfig
 
-        return {"model": LoadConfig, "server": ServerConfig}
+        return {"model": (LoadConfig, {}), "server": (ServerConfig, {})}
     if kind == "generate":
         from tunelab.prompting import PromptingConfig
 
-        return {"model": LoadConfig, "decoding": DecodingConfig, "prompting": PromptingConfig,
-                "generate": GenerateConfig}
-    if kind == "chat":
-        return {"model": LoadConfig, "decoding": DecodingConfig, "generate": GenerateConfig}
+        return {"model": (LoadConfig, {}), "decoding": (DecodingConfig, {}), "prompting": (PromptingConfig, {}),
+                "generate": (GenerateConfig, {})}
+    if kind == "chat":  # one stream, and answers of a conversation's length
+        return {"model": (LoadConfig, {"max_batch_size": 1}), "decoding": (DecodingConfig, {"max_new_tokens": 512}),
+                "chat": (ChatConfig, {})}
     if kind == "rag":
         from tunelab.rag.ingest import IndexConfig
         from tunelab.rag.pipeline import RagConfig
 
-        return {"model": LoadConfig, "index": IndexConfig, "answer": RagConfig}
+        return {"model": (LoadConfig, {}), "index": (IndexConfig, {}), "answer": (RagConfig, {})}
     raise KeyError(kind)
 
 
@@ -61,14 +64,24 @@ def schema_class(kind: str) -> type[BaseModel]:
         return EvalConfig
     if kind not in KINDS:
         raise KeyError(kind)
-    parts = sections(kind)
     fields: dict[str, Any] = {}
-    for name, cls in parts.items():
+    for name, (cls, defaults) in sections(kind).items():
+        help_text = (cls.__doc__ or "").strip().splitlines()[0]
         required = any(f.is_required() for f in cls.model_fields.values())
-        fields[name] = (cls, opt(help=(cls.__doc__ or "").strip().splitlines()[0])) if required else \
-            (cls, opt(factory=cls, help=(cls.__doc__ or "").strip().splitlines()[0]))
+        fields[name] = (cls, opt(help=help_text)) if required else grouped(cls, help_text, **defaults)
     return create_model(f"{kind.capitalize()}Config", __base__=Options, __doc__=f"A `tunelab {kind}` config file.",
                         **fields)
+
+
+def from_command_line(kind: str, args) -> BaseModel:
+    """A command's options: its YAML file (`--config`, optional), then the flags given over it, checked."""
+    from tunelab.config.flags import given
+
+    path = getattr(args, "config", None)
+    raw = read_yaml(path, ", ".join(sections(kind))) if path else {}
+    for section in sections(kind):
+        raw = deep_merge(raw, {section: given(args, section)})
+    return validate(schema_class(kind), raw, str(path) if path else "flags")
 
 
 def json_schema(kind: str) -> dict:

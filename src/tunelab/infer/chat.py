@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from tunelab.config.options import Options, opt
 from tunelab.infer.decoding import DecodingConfig
 from tunelab.infer.engine import Request, stream
+
+class ChatConfig(Options):
+    """How a conversation starts."""
+
+    system: str | None = opt(None, "a system prompt", aka=("system_prompt", "system_message"))
+
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system prompt), /exit"
 

@@ -10,17 +10,17 @@ from collections.abc import Iterable
 
 from pydantic import model_validator
 
-from tunelab.config.options import Options, opt
+from tunelab.config.options import opt
 from tunelab.data.templates import ensure_chat_template, eos_ids_for_generation
+from tunelab.infer.chat import ChatConfig
 from tunelab.infer.decoding import DecodingConfig
 
 
-class GenerateConfig(Options):
-    """What `tunelab generate` reads and writes, and what every answer must look like (chat takes `system`)."""
+class GenerateConfig(ChatConfig):
+    """What `tunelab generate` reads and writes, and what every answer must look like."""
 
     input: str = opt(help="JSONL with a 'prompt' field (or 'messages'), one question per line")
     output: str = opt(help="where the answers go (JSONL: each record with its output)")
-    system: str | None = opt(None, "a system prompt")
     json_schema: str | None = opt(None, "a JSON schema file every answer must match", aka=("response_format",))
     regex: str | None = opt(None, "a regular expression every answer must match", aka=("guided_regex",))
     choice: list[str] = opt([], "an allowed answer (repeat the flag for several)", aka=("guided_choice",))
