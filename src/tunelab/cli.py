@@ -51,8 +51,6 @@ def cmd_generate(args) -> int:
     opts = from_command_line("generate", args)
     load, decoding, out_cfg = opts.model, opts.decoding, opts.generate
     prompting = opts.prompting.model_copy(update={"seed": decoding.seed or 0})
-    if prompting.num_fewshot and not prompting.fewshot_file:
-        raise ConfigError("--k: the number of few-shot examples needs --fewshot FILE to take them from")
     if prompting.in_use and decoding.logprobs:
         raise ConfigError("--logprobs: log-probabilities are not recorded on the prompting route (--template, "
                           "--fewshot, --cot, --self-consistency); drop --logprobs or those flags")
@@ -240,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Every command; their option flags come from the config schema (tunelab.config.flags)."""
     from tunelab.config import DataConfig, ModelConfig, RunConfig
     from tunelab.config.flags import add_command_flags, add_flags
+    from tunelab.eval.config import KINDS as TASK_KINDS
     from tunelab.eval.config import EvalConfig, TaskConfig
     from tunelab.eval.judge import JudgeConfig
 
@@ -284,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", action="append", help="a run folder evaluated on the first model, as NAME=RUN or "
                    "RUN (repeatable)")
     p.add_argument("--tasks", help="comma-separated FILE[:KIND[:METRIC+METRIC]], KIND one of "
-                   f"{', '.join(TaskConfig.model_fields['kind'].annotation.__args__)} (judge takes :pairwise or "
+                   f"{', '.join(TASK_KINDS)} (judge takes :pairwise or "
                    ":single)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an eval config key (applied last)")
     add_flags(p, EvalConfig, "eval", title="evaluation")

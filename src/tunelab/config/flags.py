@@ -57,8 +57,11 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type[BaseModel], root:
             continue
         groups = models_in(field.annotation)
         if len(groups) == 1 and typing.get_origin(_plain(field.annotation)) is None:
-            add_flags(target, groups[0], root, dotted=dotted, only=only, skip=skip, defaults=defaults,
-                      _path=path + ".")
+            inner = None if field.is_required() else field.get_default(call_default_factory=True)
+            shown = {f"{path}.{k}": getattr(inner, k) for k in groups[0].model_fields} \
+                if isinstance(inner, BaseModel) else {}  # a group whose defaults differ here (grouped)
+            add_flags(target, groups[0], root, dotted=dotted, only=only, skip=skip,
+                      defaults={**shown, **(defaults or {})}, _path=path + ".")
             continue
         if groups:
             continue  # lists of groups (eval tasks) are YAML and --set only
