@@ -116,8 +116,9 @@ def cmd_serve(args) -> int:
     names = [a.split("=", 1)[0] for a in load.adapter if "=" in a]
     if load.adapter and len(names) != len(load.adapter):
         raise ConfigError("--adapter: the server picks adapters by name; give each as NAME=RUN_FOLDER")
-    cfg = opts.server.model_copy(update={"served_name": cfg.served_name or load.model or DEFAULT_MODEL,
-                                 "api_key": cfg.api_key or os.environ.get("TUNELAB_API_KEY") or None})
+    server = opts.server
+    cfg = server.model_copy(update={"served_name": server.served_name or load.model or DEFAULT_MODEL,
+                                    "api_key": server.api_key or os.environ.get("TUNELAB_API_KEY") or None})
     engine = load.engine()
     embedder = load_embedder(cfg.embedding_model)
     print(f"serving {cfg.served_name}" + (f" with adapters {', '.join(names)}" if names else "")
