@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tunelab.config import RunConfig, load_config, parse_overrides, save_config, to_dict
+from tunelab.config import RunConfig, load_config, parse_overrides, write_yaml, to_dict
 from tunelab.errors import ConfigError
 from tunelab.methods import METHODS
 from tunelab.objectives import OBJECTIVES
@@ -150,7 +150,7 @@ def test_bad_files(tmp_path):
     assert load_config(config_file(tmp_path, "")) == load_config()  # an empty file is all defaults
 
 
-def test_to_dict_and_save_config_round_trip(tmp_path):
+def test_to_dict_and_write_yaml_round_trip(tmp_path):
     cfg = load_config(config_file(tmp_path), ["method=freeze", "method.last_n_layers=1", "train.lr=1e-5",
                                               "data.validation=null"])
     plain = to_dict(cfg)
@@ -161,7 +161,7 @@ def test_to_dict_and_save_config_round_trip(tmp_path):
 
     saved = tmp_path / "out" / "config.yaml"
     saved.parent.mkdir()
-    save_config(cfg, saved)
+    write_yaml(cfg, saved)
     again = load_config(saved)
     assert again == cfg
     assert again.train.model_dump() == cfg.train.model_dump()
@@ -170,7 +170,7 @@ def test_to_dict_and_save_config_round_trip(tmp_path):
 def test_round_trip_of_lora_list_options(tmp_path):
     cfg = load_config(None, ["method.target_modules=[q_proj, v_proj]", "method.modules_to_save=[lm_head]"])
     assert cfg.method.target_modules == ["q_proj", "v_proj"]
-    save_config(cfg, tmp_path / "c.yaml")
+    write_yaml(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
 
 

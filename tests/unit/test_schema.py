@@ -14,7 +14,7 @@ import yaml
 
 from tunelab.cli import main
 from tunelab.config import validate
-from tunelab.config.options import literal_values, models_in
+from tunelab.config.options import literal_values, models_in, plain_type
 from tunelab.config.schemas import KINDS, json_schema, schema_class
 from tunelab.errors import ConfigError
 from tunelab.methods import METHODS
@@ -27,16 +27,9 @@ BASE = {"eval": {"harness": ["hellaswag"]}, "generate": {"generate": {"input": "
 FILL = {"tasks": [{"file": "qa.jsonl", "kind": "generate"}], "judge": {"model": "judge-model"}}
 
 
-def _plain(tp):
-    while typing.get_origin(tp) is typing.Annotated:
-        tp = typing.get_args(tp)[0]
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return _plain(args[0]) if typing.get_origin(tp) in (typing.Union, type(int | None)) and len(args) == 1 else tp
-
-
 def bad_values(field) -> list:
     """A wrong type, and (where the field has them) a word outside its set and values outside its bounds."""
-    tp = _plain(field.annotation)
+    tp = plain_type(field.annotation)
     words = literal_values(field.annotation)
     out = []
     if words is not None:
@@ -83,7 +76,7 @@ def walk(cls, key: list, build):
                     [n], [{**f[0], **_nested(p, v)}]))
             else:
                 yield from walk(groups[0], here, lambda p, v, n=name, f=filled: build([n], {**f, **_nested(p, v)}))
-        elif len(groups) == 1 and typing.get_origin(_plain(field.annotation)) is None:
+        elif len(groups) == 1 and typing.get_origin(plain_type(field.annotation)) is None:
             yield from walk(groups[0], here, lambda p, v, n=name: build([n, *p], v))
 
 

@@ -21,14 +21,11 @@ from tunelab.config.run import (
     ModelConfig,
     RunConfig,
     TrainConfig,
-    default_config,
     load_config,
     resolve,
     run_schema,
 )
 
-save_config = write_yaml
-
 __all__ = ["DEFAULT_MODEL", "DataConfig", "DecodingConfig", "FewShotConfig", "ModelConfig", "Options", "Precision",
-           "RunConfig", "TrainConfig", "deep_merge", "default_config", "load_config", "opt", "parse_overrides",
-           "read_yaml", "resolve", "run_schema", "save_config", "to_dict", "validate", "write_yaml"]
+           "RunConfig", "TrainConfig", "deep_merge", "load_config", "opt", "parse_overrides", "read_yaml", "resolve",
+           "run_schema", "to_dict", "validate", "write_yaml"]

@@ -12,14 +12,13 @@ stay in one place: the field.
 from __future__ import annotations
 
 import argparse
-import types
 import typing
-from typing import Any, Union
+from typing import Any
 
 from pydantic import BaseModel
 
 from tunelab.config.files import deep_merge, load_yaml_text, nested
-from tunelab.config.options import literal_values, models_in
+from tunelab.config.options import literal_values, models_in, plain_type
 
 PREFIX = "opt:"  # argparse dests of generated flags: opt:<root>.<dotted field>
 
@@ -56,7 +55,7 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type[BaseModel], root:
                                         for o in only):
             continue
         groups = models_in(field.annotation)
-        if len(groups) == 1 and typing.get_origin(_plain(field.annotation)) is None:
+        if len(groups) == 1 and typing.get_origin(plain_type(field.annotation)) is None:
             inner = None if field.is_required() else field.get_default(call_default_factory=True)
             shown = {f"{path}.{k}": getattr(inner, k) for k in groups[0].model_fields} \
                 if isinstance(inner, BaseModel) else {}  # a group whose defaults differ here (grouped)
@@ -68,17 +67,6 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type[BaseModel], root:
         _add(target, field, path, root, dotted, extra, (defaults or {}).get(path, _UNSET))
 
 
-def _plain(tp: Any) -> Any:
-    """The type without Optional and Annotated."""
-    while typing.get_origin(tp) is typing.Annotated:
-        tp = typing.get_args(tp)[0]
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return _plain(args[0])
-    return tp
-
-
 _UNSET = object()
 
 
@@ -87,7 +75,7 @@ def _add(parser, field, path: str, root: str, dotted: bool, extra: dict, default
     name = path if dotted else path.rsplit(".", 1)[-1]
     primary = (not dotted and extra.get("flag")) or "--" + name.replace("_", "-")
     names = [primary, *extra.get("flags", [])]
-    tp = _plain(field.annotation)
+    tp = plain_type(field.annotation)
     help_text = field.description or ""
     default = field.get_default(call_default_factory=True) if default is _UNSET else default
     if default not in (None, "", [], {}) and not isinstance(default, bool):

@@ -26,7 +26,7 @@ from tunelab.errors import ConfigError
 _building = contextvars.ContextVar("tunelab_options_building", default=False)  # inside a validation already
 
 __all__ = ["Options", "did_you_mean", "explain", "fail", "grouped", "literal_values", "models_in", "opt",
-           "registered_union", "suggest", "validate"]
+           "plain_type", "registered_union", "suggest", "validate"]
 
 
 def opt(default: Any = PydanticUndefined, help: str = "", *, factory: Any = None, aka: tuple[str, ...] = (),
@@ -134,6 +134,16 @@ def registered_union(classes: list[type[BaseModel]], default: str) -> Any:
 def _unwrap(tp: Any) -> Any:
     while typing.get_origin(tp) is Annotated:
         tp = typing.get_args(tp)[0]
+    return tp
+
+
+def plain_type(tp: Any) -> Any:
+    """The type without Annotated and Optional (`int | None` -> int)."""
+    tp = _unwrap(tp)
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return plain_type(args[0])
     return tp
 
 

@@ -175,8 +175,3 @@ def resolve(raw: dict | RunConfig, where: str = "config") -> RunConfig:
     if isinstance(raw, RunConfig):
         raw = raw.model_dump()
     return validate(run_schema(), raw, where)
-
-
-def default_config() -> RunConfig:
-    """Every default (the default model, LoRA, SFT)."""
-    return resolve({})

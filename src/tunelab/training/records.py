@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import RunConfig, save_config
+from tunelab.config import RunConfig, write_yaml
 from tunelab.errors import RunError
 
 
@@ -44,7 +44,7 @@ class RunRecord:
             folder.mkdir(parents=True, exist_ok=True)
             if not cfg.train.resume and (folder / "metrics.jsonl").exists():
                 (folder / "metrics.jsonl").unlink()
-            save_config(cfg, folder / "config.yaml")
+            write_yaml(cfg, folder / "config.yaml")
         return cls(folder, active)
 
     def log(self, row: dict[str, Any]) -> None:
