@@ -14,7 +14,8 @@ pytestmark = pytest.mark.realdata
 def test_xquad_dense_bm25_and_hybrid_retrieval(shared_data, tmp_path):
     qa = shared_data / "xquad_en" / "dev.jsonl"
     store = tmp_path / "store"
-    report = index([qa], store, embedder="all-minilm-l6-v2", split=SplitConfig(kind="recursive", size=400, overlap=80), field="context")
+    report = index([qa], store, embedder="all-minilm-l6-v2", split=SplitConfig(kind="recursive", size=400, overlap=80),
+                   field="context")
     assert report.indexed == 1 and not report.skipped and report.store_chunks > 100
     result = evaluate(qa, store, modes=("dense", "bm25", "hybrid"), limit=200)
     metrics = result["retrieval"]

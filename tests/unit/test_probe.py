@@ -101,7 +101,8 @@ def test_bad_config_values_name_the_key(tiny_dir):
                          ({"batch_size": 0}, "batch_size"), ({"C": -1.0}, "C")]:
         with pytest.raises(ConfigError, match=key):
             Config(**options)
-    with pytest.raises(ConfigError, match=r"pooling: 'x' is not allowed; choose one of mean, last, sentence_transformers"):
+    with pytest.raises(ConfigError, match=r"pooling: 'x' is not allowed; choose one of mean, last, "
+                                          r"sentence_transformers"):
         validate(Config, {"pooling": "x"}, "method")
     assert Config(embedder="all-minilm-l6-v2").pooling == "sentence_transformers"
     with pytest.raises(ConfigError, match="method.layer"):

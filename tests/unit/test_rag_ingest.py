@@ -267,7 +267,8 @@ UNICODE = ("Café naïve résumé 😀 — über Straße. " * 30) + "\n\n# Títu
 @pytest.mark.parametrize("kind", ["recursive", "markdown", "tokens", "auto"])
 def test_every_chunk_is_its_exact_span(kind, embedder):
     size, overlap = (24, 6) if kind == "tokens" else (120, 30)
-    splitter = Splitter(SplitConfig(kind=kind, size=size, overlap=overlap), embedder.tokenizer() if kind == "tokens" else None)
+    splitter = Splitter(SplitConfig(kind=kind, size=size, overlap=overlap),
+                        embedder.tokenizer() if kind == "tokens" else None)
     for text, md in ((MARKDOWN, True), (LONG, False), (UNICODE, True), (UNICODE, False)):
         doc = Document(text, "/x/doc.md", page=2, markdown=md)
         chunks = splitter.split(doc, "hash")

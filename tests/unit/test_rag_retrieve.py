@@ -60,7 +60,8 @@ def lance_dir(tmp_path_factory, corpus, embedder) -> Path:
 def qdrant_dir(tmp_path_factory, corpus, embedder) -> Path:
     pytest.importorskip("qdrant_client")
     store_dir = tmp_path_factory.mktemp("qdrant") / "store"
-    ingest.index([corpus], store_dir, embedder=embedder, split=SplitConfig(kind="recursive", size=60, overlap=10), backend="qdrant")
+    ingest.index([corpus], store_dir, embedder=embedder, split=SplitConfig(kind="recursive", size=60, overlap=10),
+                 backend="qdrant")
     return store_dir
 
 

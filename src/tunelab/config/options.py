@@ -247,7 +247,8 @@ def _line(err: dict, key: str, models: list[type[BaseModel]], parts: list) -> st
     if kind == "union_tag_invalid":
         tags = re.findall(r"'([^']*)'", ctx.get("expected_tags", ""))
         name = f"{key}.name" if key else "name"
-        return f"{name}: {ctx.get('tag')!r} is not known; choose one of {', '.join(tags)}{did_you_mean(ctx.get('tag'), tags)}"
+        tag = ctx.get("tag")
+        return f"{name}: {tag!r} is not known; choose one of {', '.join(tags)}{did_you_mean(tag, tags)}"
     if kind == "literal_error":
         allowed = re.findall(r"'([^']*)'|(\b\w+\b)", ctx.get("expected", ""))
         words = [a or b for a, b in allowed if (a or b) != "or"]

@@ -25,7 +25,7 @@ from typing import Protocol
 from pydantic import model_validator
 
 from tunelab.config.options import Options, fail, opt
-from tunelab.errors import ConfigError, ModelError
+from tunelab.errors import ModelError
 from tunelab.eval.preference import wilson_interval
 
 DEFAULT_RUBRIC = ("Consider factors such as the helpfulness, relevance, accuracy, depth, creativity, "

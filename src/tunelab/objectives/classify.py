@@ -15,7 +15,7 @@ from typing import Literal
 from rich.console import Console
 
 from tunelab.config import RunConfig
-from tunelab.config.options import Options, fail, opt
+from tunelab.config.options import Options
 from tunelab.data import Collator, describe
 from tunelab.data.classify import build_classification
 from tunelab.eval.classification import trainer_metrics

@@ -38,7 +38,6 @@ from tunelab.config.options import Options, opt
 from tunelab.data import Collator, build_sft, describe
 from tunelab.data.tokenize import IGNORE
 from tunelab.errors import ConfigError, ModelError
-from tunelab.methods import METHODS
 from tunelab.models.families import task_of
 from tunelab.models.loading import load_model, load_run
 from tunelab.objectives import register

@@ -13,8 +13,7 @@ from typing import Literal
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from tunelab.config import RunConfig
-from tunelab.config.options import Options, fail, opt
-from tunelab.errors import ConfigError
+from tunelab.config.options import Options, opt
 from tunelab.objectives import register
 from tunelab.training.alignment import AlignmentSpec, run_alignment
 

@@ -14,7 +14,7 @@ import math
 from rich.console import Console
 
 from tunelab.config import RunConfig
-from tunelab.config.options import Options, fail, opt
+from tunelab.config.options import Options
 from tunelab.data import Collator
 from tunelab.data.pretrain import build_pretrain
 from tunelab.errors import ConfigError

@@ -18,9 +18,8 @@ from rich.console import Console
 from trl import RewardConfig, RewardTrainer
 
 from tunelab.config import RunConfig
-from tunelab.config.options import Options, fail, opt
+from tunelab.config.options import Options, opt
 from tunelab.data.preference import build_pairs
-from tunelab.errors import ConfigError
 from tunelab.eval.preference import pair_metrics, reward_scores
 from tunelab.objectives import register
 from tunelab.training import (

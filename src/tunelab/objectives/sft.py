@@ -14,7 +14,7 @@ from typing import Literal
 from rich.console import Console
 
 from tunelab.config import RunConfig
-from tunelab.config.options import Options, fail, opt
+from tunelab.config.options import Options
 from tunelab.data import Collator, build_sft, describe
 from tunelab.data.dataset import label_name, load_records, split_records
 from tunelab.errors import ConfigError

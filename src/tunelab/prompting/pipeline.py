@@ -141,7 +141,8 @@ def build_prompts(cfg: PromptingConfig, items: Sequence[Any], pool: Sequence[Exa
         style = _style(cfg, pool)
         if cfg.cot:
             pool = [dataclasses.replace(e, output=with_final_line(e.output, style)) for e in pool]
-        selector = FewShotSelector(pool, cfg.num_fewshot, cfg.fewshot_select, cfg.seed, embedder or cfg.fewshot_embedder,
+        selector = FewShotSelector(pool, cfg.num_fewshot, cfg.fewshot_select, cfg.seed,
+                                   embedder or cfg.fewshot_embedder,
                                    source=cfg.fewshot_file or "the few-shot pool")
         shots = selector.select([_text(q) for q in queries])
     else:

@@ -179,8 +179,8 @@ def evaluate(qa_file: str | Path, store_dir: str | Path, modes: tuple[str, ...] 
     report: dict = {"qa_file": str(qa_file), "store": str(store_dir), "retrieval": {}, "answers": None}
     embedder, store_chunks = None, None
     for mode in modes:
-        retriever = Retriever(store_dir, base.model_copy(update={"mode": mode}), llm=pipeline.complete if pipeline else None,
-                              embedder=embedder)
+        retriever = Retriever(store_dir, base.model_copy(update={"mode": mode}),
+                              llm=pipeline.complete if pipeline else None, embedder=embedder)
         embedder = retriever.embedder
         store_chunks = store_chunks if store_chunks is not None else retriever.store.chunks()
         ranked = []

@@ -75,8 +75,8 @@ def completion_requests(body: CompletionRequest, adapter: str | None) -> list[Re
 def _n_requests(body: Sampling, prompt, params: DecodingConfig, chat: bool, adapter: str | None) -> list[Request]:
 
     grammar = constraint(body)
-    return [Request(prompt, params.model_copy(update={"seed": None if params.seed is None else params.seed + i}), chat=chat,
-                    adapter=adapter, constraint=grammar) for i in range(body.n)]
+    return [Request(prompt, params.model_copy(update={"seed": None if params.seed is None else params.seed + i}),
+                    chat=chat, adapter=adapter, constraint=grammar) for i in range(body.n)]
 
 
 def new_id(prefix: str) -> str:
