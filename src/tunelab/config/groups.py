@@ -48,10 +48,6 @@ class DecodingConfig(Options):
                  "or ignore_eos; use num_beams 1 for those")
         return self
 
-    def check(self) -> DecodingConfig:
-        """These options checked again (after a `model_copy`); returns them."""
-        return self.replace()
-
     @property
     def greedy(self) -> bool:
         return self.temperature == 0

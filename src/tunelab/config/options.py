@@ -74,6 +74,10 @@ class Options(BaseModel):
         values = {name: getattr(self, name) for name in type(self).model_fields}  # dict(self) trips on a `keys` field
         return validate(type(self), {**values, **changes})
 
+    def check(self):
+        """These options checked again (after a `model_copy`, which does not check); returns the checked copy."""
+        return self.replace()
+
     @classmethod
     def load(cls, raw: Any, where: str = ""):
         """Build from a plain mapping (a YAML section); ConfigError starting with `where` on a bad value."""

@@ -56,10 +56,6 @@ class PromptingConfig(FewShotConfig):
             fail("choices", "answer_kind choice needs the list of choices (or labels; CLI --labels a,b)")
         return self
 
-    def check(self) -> PromptingConfig:
-        """These options checked again (after a `model_copy`); returns them."""
-        return self.replace()
-
     def answer_spec(self) -> tuple[str, list[str]]:
         """(answer kind, choices) after defaults."""
         template = load_template(self.template, self.labels, self.keys)

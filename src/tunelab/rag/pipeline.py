@@ -65,10 +65,6 @@ class RagConfig(Options):
                  "untrusted text starts and ends")
         return self
 
-    def check(self) -> RagConfig:
-        """These options checked again (after a `model_copy`); returns them."""
-        return self.replace()
-
 
 @dataclass
 class Source:

@@ -68,10 +68,6 @@ class RetrievalConfig(Options):
         parse_filter(self.where)
         return self
 
-    def check(self) -> RetrievalConfig:
-        """These options checked again (after a `model_copy`); returns them."""
-        return self.replace()
-
 
 def rrf(lists: list[list[Hit]], k: int = 60) -> list[Hit]:
     """Reciprocal rank fusion of ranked lists, by chunk id; the fused score is sum 1/(k + rank)."""

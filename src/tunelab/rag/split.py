@@ -38,10 +38,6 @@ class SplitConfig(Options):
             fail("overlap", f"must be below size (got size={self.size}, overlap={self.overlap})")
         return self
 
-    def check(self) -> SplitConfig:
-        """These options checked again (after a `model_copy`); returns them."""
-        return self.replace()
-
 
 class Splitter:
     """Cuts documents by a SplitConfig. `tokenizer` is a `tokenizers.Tokenizer` for kind=tokens."""
