@@ -1,0 +1,120 @@
+"""How fast this machine trains a given model and method: a few measured steps, cached.
+
+The plan counts a step's FLOPs; what this CPU achieves on them depends on its instruction
+sets, threads, the precision and the shapes, so it is measured: the run's own model with
+its method applied, one warm-up and three timed steps (forward, backward, AdamW) on a
+batch of the run's shape, under the run's precision. The result is cached per model,
+method, precision, batch shape and CPU in the tunelab cache (`plan-probes.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from tunelab.config import RunConfig
+
+STEPS = 3
+MAX_PROBE_LENGTH = 512  # longer rows are probed at this length: FLOP/s change little past it
+
+
+def achieved_tflops(cfg: RunConfig, skeleton, rows: tuple[int, int], measure: bool = True) -> tuple[float, str]:
+    """(TFLOP/s a training step of `cfg` achieves here, where the figure comes from)."""
+    from tunelab.training.precision import compute_dtype
+
+    batch, length = rows[0], max(8, min(rows[1], MAX_PROBE_LENGTH))
+    dtype = str(compute_dtype(cfg.train.precision)).replace("torch.", "")
+    key = "|".join([cfg.model.name, cfg.method_name, cfg.objective_name, dtype, f"{batch}x{_bucket(length)}",
+                    _cpu(), str(_threads())])
+    cache = _cache_file()
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key in known:
+        return known[key], "measured on this machine (cached probe)"
+    if not measure:
+        return _matmul_tflops(dtype), f"a {dtype} matrix-multiply benchmark of this CPU (no probe)"
+    tflops = _probe(cfg, skeleton, batch, length)
+    known[key] = tflops
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(known, indent=1))
+    os.replace(tmp, cache)
+    return tflops, f"measured on this machine ({STEPS} steps of {batch}x{length})"
+
+
+def _probe(cfg: RunConfig, skeleton, batch: int, length: int) -> float:
+    import torch
+
+    from tunelab.compare.plan import flops_per_token
+    from tunelab.methods import METHODS
+    from tunelab.training.precision import compute_dtype
+    from tunelab.training.setup import load_for_training
+
+    classify = cfg.objective_name in ("classify", "rm")
+    features = METHODS[cfg.method_name].kind == "features"
+    task = "classify" if classify and not features else "causal_lm"
+    extra = {"num_labels": 2} if task == "classify" else {}
+    model, tokenizer = load_for_training(cfg.model_copy(update={"method": METHODS["full"].config()})
+                                         if features else cfg, task, **extra)
+    vocab = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
+    ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
+    labels = torch.zeros(batch, dtype=torch.long) if task == "classify" else ids
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-6) if trainable and not features else None
+    dtype = compute_dtype(cfg.train.precision)
+    model.train(not features)
+    times = []
+    for step in range(STEPS + 1):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            if features:
+                with torch.no_grad():
+                    model(input_ids=ids)
+            else:
+                loss = model(input_ids=ids, labels=labels).loss
+        if optimizer is not None:
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if step:  # the first step warms caches and allocators up
+            times.append(time.perf_counter() - start)
+    seconds = sorted(times)[len(times) // 2]
+    return batch * length * flops_per_token(skeleton, length, trained=not features) / seconds / 1e12
+
+
+def _matmul_tflops(dtype: str) -> float:
+    import torch
+
+    a = torch.randn(1024, 1024, dtype=getattr(torch, dtype))
+    a @ a
+    start = time.perf_counter()
+    for _ in range(4):
+        a @ a
+    return 4 * 2 * 1024**3 / (time.perf_counter() - start) / 1e12 * 0.5  # a training step reaches about half
+
+
+def _bucket(length: int) -> int:
+    return 1 << max(3, (length - 1).bit_length())
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
+def _cache_file() -> Path:
+    from tunelab.models.hub import cache_dir
+
+    return cache_dir() / "plan-probes.json"
