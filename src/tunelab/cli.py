@@ -23,7 +23,7 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, args.set, flags=given(args, "run"))
     summary = run(cfg)
     if is_main_process():  # under accelerate launch every rank returns here
-        print(json.dumps({k: v for k, v in summary.items() if k != "data"}, indent=2))
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("data", "plan")}, indent=2))
     return 0
 
 
@@ -204,6 +204,18 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from tunelab.compare.plan import PlanConfig, plan
+    from tunelab.config import load_config
+    from tunelab.config.flags import given
+
+    cfg = load_config(args.config, args.set)  # the run config checked before anything loads
+    options = PlanConfig.load(given(args, "plan"), "flags")
+    p = plan(cfg, device=options.device, probe=options.probe)
+    print(json.dumps(p.to_dict(), indent=2) if args.json else p.table())
+    return 0 if p.fits else 3
+
+
 def cmd_config(args) -> int:
     from tunelab.config import schemas
 
@@ -237,6 +249,7 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Every command; their option flags come from the config schema (tunelab.config.flags)."""
+    from tunelab.compare.plan import PlanConfig
     from tunelab.config import DataConfig, ModelConfig, RunConfig
     from tunelab.config.flags import add_command_flags, add_flags
     from tunelab.eval.config import KINDS as TASK_KINDS
@@ -291,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, JudgeConfig, "judge", only=("model", "base_url", "endpoint_model"), title="judge")
     add_flags(p, TaskConfig, "task", only=("limit", "decoding.max_new_tokens"), title="every --tasks task")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plan", help="predict a run's peak memory, time, parameters and artifact before training")
+    p.add_argument("config", nargs="?", help="YAML run config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=set_help)
+    add_flags(p, PlanConfig, "plan")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("config", help="the config schema: JSON Schema for editors, a resolved config, a starter")
     commands = p.add_subparsers(dest="config_command", required=True)

@@ -39,11 +39,8 @@ GPUS = {d.name: d for d in (
 
 
 def gpu(name: str) -> Device:
-    """A GPU of the table by name (case and dashes ignored); ConfigError listing them otherwise."""
-    key = name.lower().replace("_", "-").replace(" ", "")
-    aliases = {"a100": "a100-80gb", "a100-40": "a100-40gb", "a100-80": "a100-80gb", "4090": "rtx4090",
-               "rtx-4090": "rtx4090", "h100-80gb": "h100"}
-    key = aliases.get(key, key)
+    """A GPU of the table by name; ConfigError listing them otherwise."""
+    key = name.lower()
     if key not in GPUS:
         raise ConfigError(f"--device {name}: not in the table; choose one of {', '.join(GPUS)} (or leave it out for "
                           "this machine)")

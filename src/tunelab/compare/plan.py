@@ -32,14 +32,23 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from tunelab.compare.devices import EFFICIENCY, GPU_OVERHEAD_GB, gpu
+from tunelab.compare.devices import EFFICIENCY, GPU_OVERHEAD_GB, GPUS, gpu
 from tunelab.compare.workload import PAIRWISE, Workload, workload
-from tunelab.config import RunConfig
+from tunelab.config import Options, RunConfig, opt
 
 MB = 1024 * 1024
 REFERENCE_COPY = PAIRWISE + ("kto",)  # objectives whose loss compares with a frozen reference (not orpo/simpo)
+
+
+class PlanConfig(Options):
+    """Where a plan predicts for, and how it learns this machine's speed."""
+
+    device: Literal[tuple(GPUS)] | None = opt(None, "a GPU to predict for (published peak and memory); unset: this "
+                                              "machine")
+    probe: bool = opt(True, "measure a few training steps here to learn the achieved speed (cached); off: a "
+                      "matrix-multiply benchmark stands in")
 
 
 @dataclass

@@ -101,6 +101,8 @@ class TrainConfig(Options):
                        aka=("resume_from_checkpoint",))
     overwrite: bool = opt(False, "allow reusing a run folder that already holds a finished run",
                           aka=("overwrite_output_dir",))
+    predict: bool = opt(True, "predict peak memory and time first (tunelab plan, from a cached probe when there is "
+                        "one) and record the prediction in summary.json beside the outcome")
 
 
 class RunConfig(Options):

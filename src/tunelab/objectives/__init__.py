@@ -33,8 +33,13 @@ def register(name: str, config: type, run: Callable, check: Callable | None = No
 
 
 def run(cfg) -> dict:
-    """Run the objective a resolved RunConfig names; returns its summary."""
-    return OBJECTIVES[cfg.objective_name].run(cfg)
+    """Run the objective a resolved RunConfig names; returns its summary, with the plan's
+    prediction beside the measured costs when `train.predict` is on."""
+    from tunelab.compare.record import predict, record_prediction
+
+    prediction = predict(cfg) if cfg.train.predict else None
+    summary = OBJECTIVES[cfg.objective_name].run(cfg)
+    return record_prediction(cfg, summary, prediction)
 
 
 for _mod in pkgutil.iter_modules(__path__):
