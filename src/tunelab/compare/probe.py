@@ -46,7 +46,7 @@ def achieved_tflops(cfg: RunConfig, skeleton, rows: tuple[int, int], measure: bo
 def _probe(cfg: RunConfig, skeleton, batch: int, length: int) -> float:
     import torch
 
-    from tunelab.compare.plan import flops_per_token
+    from tunelab.compare.planner import flops_per_token
     from tunelab.methods import METHODS
     from tunelab.training.precision import compute_dtype
     from tunelab.training.setup import load_for_training

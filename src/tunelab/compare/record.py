@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def predict(cfg: RunConfig) -> dict:
     """The plan of `cfg` on this machine (no new probe: a cached one, else a matmul benchmark), printed."""
-    from tunelab.compare.plan import plan
+    from tunelab.compare.planner import plan
     from tunelab.training.records import is_main_process
 
     try:

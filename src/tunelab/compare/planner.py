@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tunelab.compare.devices import EFFICIENCY, GPU_OVERHEAD_GB, GPUS, gpu
-from tunelab.compare.workload import PAIRWISE, Workload, workload
+from tunelab.compare.workload import Workload, workload
 from tunelab.config import Options, RunConfig, opt
 
 MB = 1024 * 1024
-REFERENCE_COPY = PAIRWISE + ("kto",)  # objectives whose loss compares with a frozen reference (not orpo/simpo)
+REFERENCE = ("dpo", "kto")  # objectives whose loss compares with a frozen reference model (ORPO, SimPO: none)
 
 
 class PlanConfig(Options):
@@ -133,11 +133,11 @@ def plan(cfg: RunConfig | str, overrides: list[str] | None = None, device: str |
     available = (target.memory_gb - GPU_OVERHEAD_GB) * 1024 if target else _machine_mb()
     p = Plan(run=cfg.train.run_name or f"{cfg.objective_name}-{cfg.method_name}", device=target.name if target else
              _cpu_name(), total_params=skeleton.total, trainable_params=skeleton.trainable,
-             memory_mb={k: round(v / MB, 1) for k, v in memory.items()}, peak_mb=round(sum(memory.values()) / MB, 1),
-             available_mb=round(available, 0) if available else None, steps=steps, epochs=cfg.train.epochs,
-             tokens_per_epoch=work.tokens, flops_per_step=flops, throughput_tflops=round(tflops, 5),
-             throughput_source=source, seconds_per_step=round(per_step, 3),
-             seconds_per_epoch=round(per_step * epoch_steps, 1), seconds_total=round(per_step * steps, 1),
+             memory_mb={k: v / MB for k, v in memory.items()}, peak_mb=sum(memory.values()) / MB,
+             available_mb=available, steps=steps, epochs=cfg.train.epochs,
+             tokens_per_epoch=work.tokens, flops_per_step=flops, throughput_tflops=tflops,
+             throughput_source=source, seconds_per_step=per_step, seconds_per_epoch=per_step * epoch_steps,
+             seconds_total=per_step * steps,
              artifact_bytes=skeleton.artifact_bytes,
              data={"examples": work.examples, "sequences": len(work.lengths), "max_length": work.max_length,
                    "mean_length": round(work.tokens / max(len(work.lengths), 1), 1)})
@@ -257,7 +257,7 @@ def _memory(cfg: RunConfig, s: Skeleton, rows: tuple[int, int], target) -> dict[
     width = 2 if cfg.objective_name in ("classify", "rm") else s.vocab
     out["logits"] = 0.0 if method.kind == "features" else 3 * 4.0 * logits_rows * width
     extra = 0.0
-    if cfg.objective_name in REFERENCE_COPY and method.saves == "model":
+    if cfg.objective_name in REFERENCE and method.saves == "model":
         extra += s.total * b  # a frozen reference copy (adapters switch off instead)
     if cfg.objective_name == "distill":
         extra += s.total * b  # the teacher: the same family, at least the student's size
@@ -333,7 +333,7 @@ def _flops_per_step(cfg: RunConfig, s: Skeleton, work: Workload, rows: tuple[int
     tokens = rows[0] * mean * cfg.train.grad_accum
     features = METHODS[cfg.method_name].kind == "features"
     flops = tokens * flops_per_token(s, int(mean), trained=not features)
-    if cfg.objective_name in REFERENCE_COPY:
+    if cfg.objective_name in REFERENCE:
         flops += tokens * flops_per_token(s, int(mean), trained=False)  # the reference's forward pass
     if cfg.objective_name in ("grpo", "ppo"):  # sampling: one forward per generated token, on the prompt's cache
         flops += rows[0] * cfg.train.grad_accum * work.generated / max(work.per_example, 1) \
