@@ -53,7 +53,7 @@ CONFIGS: dict[str, list[str]] = {
     "classify-lora-64-b8": [f"data.train={SST2}", "data.limit=400", "objective=classify", "method=lora",
                             "data.max_length=64", "train.batch_size=8"],
     "classify-probe": [f"data.train={SST2}", "data.limit=400", "objective=classify", "method=probe",
-                       "data.max_length=64", "train.batch_size=32"],
+                       "method.cache=false", "data.max_length=64", "train.batch_size=32"],
     "dpo-lora-256-b2": [f"data.train={HH}", "data.limit=120", "objective=dpo", "method=lora", "data.max_length=256",
                         "train.batch_size=2"],
 }

@@ -59,8 +59,9 @@ class Plan:
     device: str
     total_params: int
     trainable_params: int
-    memory_mb: dict[str, float]  # the breakdown; sums to peak_mb
-    peak_mb: float
+    memory_mb: dict[str, float]  # the breakdown while training
+    loading_mb: float  # while the weights load: the process, the file's pages and a float32 copy
+    peak_mb: float  # the larger of the two
     available_mb: float | None  # what the device or machine has
     steps: int
     epochs: float
@@ -94,7 +95,9 @@ class Plan:
                  f"{self.throughput_source})",
                  f"  peak memory: {self.peak_mb:,.0f} MiB" + (f" of {self.available_mb:,.0f} MiB available"
                                                                 if self.available_mb else ""),
-                 *(f"    {k:<22} {v:>10,.0f} MiB" for k, v in self.memory_mb.items() if v >= 0.5),
+                 f"    {'while loading':<22} {self.loading_mb:>10,.0f} MiB",
+                 f"    {'while training':<22} {sum(self.memory_mb.values()):>10,.0f} MiB:",
+                 *(f"      {k:<20} {v:>10,.0f} MiB" for k, v in self.memory_mb.items() if v >= 0.5),
                  f"  artifact: {self.artifact_bytes / MB:,.1f} MiB"]
         lines += [("  WARNING: " if not self.fits else "  note: ") + a for a in self.advice]
         return "\n".join(lines)
@@ -121,6 +124,7 @@ def plan(cfg: RunConfig | str, overrides: list[str] | None = None, device: str |
     steps = _steps(cfg, work)
     rows = _micro_batch(cfg, work)
     memory = _memory(cfg, skeleton, rows, target)
+    loading = memory["process"] + (0 if target else skeleton.file_bytes) + _loaded_weights(cfg, skeleton, target)
     flops = _flops_per_step(cfg, skeleton, work, rows)
     if target is not None:
         tflops, source = target.tflops * EFFICIENCY, f"{EFFICIENCY:.0%} of the {target.name}'s {target.tflops:g} TFLOPS"
@@ -133,7 +137,8 @@ def plan(cfg: RunConfig | str, overrides: list[str] | None = None, device: str |
     available = (target.memory_gb - GPU_OVERHEAD_GB) * 1024 if target else _machine_mb()
     p = Plan(run=cfg.train.run_name or f"{cfg.objective_name}-{cfg.method_name}", device=target.name if target else
              _cpu_name(), total_params=skeleton.total, trainable_params=skeleton.trainable,
-             memory_mb={k: v / MB for k, v in memory.items()}, peak_mb=sum(memory.values()) / MB,
+             memory_mb={k: v / MB for k, v in memory.items()}, loading_mb=loading / MB,
+             peak_mb=max(sum(memory.values()), loading) / MB,
              available_mb=available, steps=steps, epochs=cfg.train.epochs,
              tokens_per_epoch=work.tokens, flops_per_step=flops, throughput_tflops=tflops,
              throughput_source=source, seconds_per_step=per_step, seconds_per_epoch=per_step * epoch_steps,
@@ -142,6 +147,9 @@ def plan(cfg: RunConfig | str, overrides: list[str] | None = None, device: str |
              data={"examples": work.examples, "sequences": len(work.lengths), "max_length": work.max_length,
                    "mean_length": round(work.tokens / max(len(work.lengths), 1), 1)})
     p.advice = _advice(cfg, p, memory)
+    if not p.fits and loading >= sum(memory.values()):
+        p.advice = [f"needs {p.peak_mb:,.0f} MiB just to load the model; use method qlora (a 4-bit base) or a machine "
+                    "with more memory"]
     return p
 
 
@@ -163,6 +171,7 @@ class Skeleton:
     block_params: int  # parameters in the transformer blocks (the FLOP-bearing part)
     first_trainable_layer: int  # blocks below it need no backward pass
     artifact_bytes: int
+    file_bytes: int  # the weights on disk, read page by page while loading
     method: str = ""
 
     @classmethod
@@ -177,8 +186,9 @@ class Skeleton:
         from tunelab.models.hub import resolve
 
         method = METHODS[cfg.method_name]
-        config = AutoConfig.from_pretrained(str(resolve(cfg.model.name, cfg.model.revision)),
-                                            trust_remote_code=cfg.model.trust_remote_code)
+        folder = resolve(cfg.model.name, cfg.model.revision)
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=cfg.model.trust_remote_code)
+        on_disk = sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
         task = "classify" if cfg.objective_name in ("classify", "rm") else "causal_lm"
         if cfg.objective_name in ("classify", "rm"):
             config.num_labels = max(getattr(config, "num_labels", 2), 2)
@@ -211,7 +221,7 @@ class Skeleton:
                    intermediate=getattr(config, "intermediate_size", 4 * hidden) or 4 * hidden,
                    kv_dim=hidden // heads * kv, vocab=getattr(config, "vocab_size", 0),
                    block_params=sum(p.numel() for b in blocks for p in b.parameters()),
-                   first_trainable_layer=first, artifact_bytes=artifact, method=cfg.method_name)
+                   first_trainable_layer=first, artifact_bytes=artifact, file_bytes=on_disk, method=cfg.method_name)
 
 
 # ---------------------------------------------------------------- memory
@@ -243,7 +253,7 @@ def _memory(cfg: RunConfig, s: Skeleton, rows: tuple[int, int], target) -> dict[
     out = {"weights (frozen)": weights, "weights (trained)": 4.0 * s.trainable,
            "gradients": 4.0 * s.trainable, "optimizer states": 8.0 * s.trainable}
     if method.kind == "features":  # a probe: the encoder runs forward only, then a scikit-learn fit
-        out.update({"weights (frozen)": 4.0 * s.total, "gradients": 0.0, "optimizer states": 0.0})
+        out.update({"weights (frozen)": float(b * s.total), "gradients": 0.0, "optimizer states": 0.0})
     per_token_layer = b * (6 * s.hidden + 2 * s.kv_dim + 4 * s.intermediate) + 8 * s.hidden
     trained_layers = max(s.layers - s.first_trainable_layer, 0)
     if method.kind == "features":
@@ -255,7 +265,8 @@ def _memory(cfg: RunConfig, s: Skeleton, rows: tuple[int, int], target) -> dict[
     out["activations"] = act
     logits_rows = batch if cfg.objective_name in ("classify", "rm") else tokens
     width = 2 if cfg.objective_name in ("classify", "rm") else s.vocab
-    out["logits"] = 0.0 if method.kind == "features" else 3 * 4.0 * logits_rows * width
+    copies = 3 + (2 if cfg.objective_name in REFERENCE else 0)  # + the reference's logits and log-probabilities
+    out["logits"] = 0.0 if method.kind == "features" else copies * 4.0 * logits_rows * width
     extra = 0.0
     if cfg.objective_name in REFERENCE and method.saves == "model":
         extra += s.total * b  # a frozen reference copy (adapters switch off instead)
@@ -266,6 +277,16 @@ def _memory(cfg: RunConfig, s: Skeleton, rows: tuple[int, int], target) -> dict[
     out["reference / teacher"] = extra
     out["process"] = float(GPU_OVERHEAD_GB * 1024 * MB) if target else float(_rss_bytes())
     return out
+
+
+def _loaded_weights(cfg: RunConfig, s: Skeleton, target) -> float:
+    """The weights as loaded, before a frozen base moves to the compute dtype: float32 for training,
+    4 bits for QLoRA's linear layers, the compute dtype for a probe's encoder."""
+    if _features(cfg):
+        return float(_bytes(cfg, target) * s.total)
+    if cfg.method_name == "qlora":
+        return 0.5 * s.frozen_linear * (1 + 4 / 64) + 4.0 * (s.total - s.frozen_linear)
+    return 4.0 * s.total
 
 
 def _rss_bytes() -> int:
@@ -301,22 +322,32 @@ def _cpu_name() -> str:
 # ---------------------------------------------------------------- steps and FLOPs
 
 
+def _features(cfg: RunConfig) -> bool:
+    from tunelab.methods import METHODS
+
+    return METHODS[cfg.method_name].kind == "features"
+
+
 def _micro_batch(cfg: RunConfig, work: Workload) -> tuple[int, int]:
     """(rows, padded length) of the largest micro-batch: batch_size sequences padded to the longest."""
+    if _features(cfg):  # the probe embeds method.batch_size texts at a time, cut at method.max_length
+        return cfg.method.batch_size, min(work.max_length, cfg.method.max_length)
     rows = cfg.train.batch_size * (work.per_example if work.per_example > 1 and cfg.objective_name != "kto" else 1)
     return rows, cfg.data.max_length if cfg.data.packing else work.max_length
 
 
 def _steps(cfg: RunConfig, work: Workload) -> int:
+    if _features(cfg):  # one pass of the encoder over train and validation texts, then the fit
+        return max(1, math.ceil(work.stats.get("texts", work.examples) / cfg.method.batch_size))
     if cfg.train.max_steps > 0:
         return cfg.train.max_steps
     per_step = cfg.train.batch_size * cfg.train.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
     return max(1, math.ceil(math.ceil(work.examples / per_step) * cfg.train.epochs))
 
 
-def flops_per_token(s: Skeleton, length: int, trained: bool = True) -> float:
-    """Training FLOPs per token: forward 2N (+ attention), backward through the trained part."""
-    forward = 2 * s.block_params + 4 * s.layers * s.hidden * length + 2 * s.hidden * s.vocab
+def flops_per_token(s: Skeleton, length: int, trained: bool = True, head: bool = True) -> float:
+    """Training FLOPs per token: forward 2N (+ attention, + the output head), backward through the trained part."""
+    forward = 2 * s.block_params + 4 * s.layers * s.hidden * length + (2 * s.hidden * s.vocab if head else 0)
     if not trained:
         return forward
     share = max(s.layers - s.first_trainable_layer, 0) / max(s.layers, 1)
@@ -325,14 +356,30 @@ def flops_per_token(s: Skeleton, length: int, trained: bool = True) -> float:
     return forward + backward
 
 
-def _flops_per_step(cfg: RunConfig, s: Skeleton, work: Workload, rows: tuple[int, int]) -> float:
-    """FLOPs of one optimizer step at the data's mean sequence length (batches are grouped by length)."""
-    from tunelab.methods import METHODS
+def padded_length(lengths: list[int], rows: int, grouped: bool, seed: int = 0) -> float:
+    """The mean length rows are padded to: each batch pads to its longest sequence. Grouped as
+    transformers' LengthGroupedSampler groups (sorted within megabatches of 50 batches), else at random."""
+    import random
 
-    mean = cfg.data.max_length if cfg.data.packing else work.tokens / max(len(work.lengths), 1)
-    tokens = rows[0] * mean * cfg.train.grad_accum
-    features = METHODS[cfg.method_name].kind == "features"
-    flops = tokens * flops_per_token(s, int(mean), trained=not features)
+    if not lengths:
+        return 0.0
+    order = list(lengths)
+    random.Random(seed).shuffle(order)
+    if grouped:
+        mega = 50 * rows
+        order = [x for i in range(0, len(order), mega) for x in sorted(order[i:i + mega], reverse=True)]
+    batches = [order[i:i + rows] for i in range(0, len(order), rows)]
+    return sum(max(b) * len(b) for b in batches) / len(order)
+
+
+def _flops_per_step(cfg: RunConfig, s: Skeleton, work: Workload, rows: tuple[int, int]) -> float:
+    """FLOPs of one optimizer step at the length rows are padded to (pairs are never grouped)."""
+    features = _features(cfg)
+    grouped = cfg.train.group_by_length and work.per_example == 1
+    mean = cfg.data.max_length if cfg.data.packing else padded_length(work.lengths, rows[0], grouped or features,
+                                                                      cfg.train.seed)
+    tokens = rows[0] * mean * (1 if features else cfg.train.grad_accum)
+    flops = tokens * flops_per_token(s, int(mean), trained=not features, head=not features)
     if cfg.objective_name in REFERENCE:
         flops += tokens * flops_per_token(s, int(mean), trained=False)  # the reference's forward pass
     if cfg.objective_name in ("grpo", "ppo"):  # sampling: one forward per generated token, on the prompt's cache

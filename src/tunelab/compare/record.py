@@ -45,7 +45,8 @@ def record_prediction(cfg: RunConfig, summary: dict, prediction: dict | None) ->
         return summary
     summary = {**summary, "plan": prediction}
     if "error" not in prediction:
-        measured = {"peak_rss_mb": summary.get("peak_rss_mb"), "train_runtime_s": summary.get("train_runtime_s")}
+        seconds = summary.get("train_runtime_s") or (summary.get("embed_seconds", 0) + summary.get("fit_seconds", 0))
+        measured = {"peak_rss_mb": summary.get("peak_rss_mb"), "train_runtime_s": seconds}
         predicted = {"peak_rss_mb": prediction["peak_mb"], "train_runtime_s": prediction["seconds_total"]}
         summary["plan_error"] = {k: round(predicted[k] / measured[k] - 1, 3) for k in measured if measured[k]}
     path = Path(cfg.train.output_dir) / (cfg.train.run_name or "") / "summary.json"

@@ -50,7 +50,8 @@ def workload(cfg: RunConfig, tokenizer) -> Workload:
         from tunelab.data.classify import build_classification
 
         data = build_classification(cfg.data, tokenizer, cfg.train.seed)
-        return Workload([len(e["input_ids"]) for e in data.train], len(data.train), stats=data.stats)
+        texts = len(data.train) + len(data.validation)  # a probe embeds both
+        return Workload([len(e["input_ids"]) for e in data.train], len(data.train), stats={**data.stats, "texts": texts})
     if objective in PAIRWISE or objective == "kto":
         from tunelab.data.preference import build_pairs, build_unpaired
 
