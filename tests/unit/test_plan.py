@@ -75,6 +75,7 @@ def test_the_breakdown_moves_with_each_setting(tiny_model_dir, data):
 def test_a_run_that_does_not_fit_says_what_to_change(tiny_model_dir, data, monkeypatch):
     import tunelab.compare.planner as planning
 
+    monkeypatch.setattr(planning, "_rss_bytes", lambda: 500 * MIB)  # the process, held still between the two plans
     cfg = run_config(tiny_model_dir, data, "sft", "full")
     roomy = plan(cfg, probe=False)
     short = roomy.peak_mb - roomy.memory_mb["activations"] / 2  # half the activations too little

@@ -125,13 +125,15 @@ def plan(cfg: RunConfig | str, overrides: list[str] | None = None, device: str |
     rows = _micro_batch(cfg, work)
     memory = _memory(cfg, skeleton, rows, target)
     loading = memory["process"] + (0 if target else skeleton.file_bytes) + _loaded_weights(cfg, skeleton, target)
-    flops = _flops_per_step(cfg, skeleton, work, rows)
+    mean = _padded_mean(cfg, work, rows)
+    flops = _flops_per_step(cfg, skeleton, work, rows, mean)
     if target is not None:
-        tflops, source = target.tflops * EFFICIENCY, f"{EFFICIENCY:.0%} of the {target.name}'s {target.tflops:g} TFLOPS"
+        tflops, warmup = target.tflops * EFFICIENCY, 0.0
+        source = f"{EFFICIENCY:.0%} of the {target.name}'s {target.tflops:g} TFLOPS"
     else:
         from tunelab.compare.probe import achieved_tflops
 
-        tflops, source = achieved_tflops(cfg, skeleton, rows, measure=probe)
+        tflops, warmup, source = achieved_tflops(cfg, skeleton, (rows[0], round(mean)), measure=probe)
     per_step = flops / (tflops * 1e12)
     epoch_steps = steps / max(cfg.train.epochs, 1e-9) if cfg.train.max_steps <= 0 else steps
     available = (target.memory_gb - GPU_OVERHEAD_GB) * 1024 if target else _machine_mb()
@@ -142,7 +144,7 @@ def plan(cfg: RunConfig | str, overrides: list[str] | None = None, device: str |
              available_mb=available, steps=steps, epochs=cfg.train.epochs,
              tokens_per_epoch=work.tokens, flops_per_step=flops, throughput_tflops=tflops,
              throughput_source=source, seconds_per_step=per_step, seconds_per_epoch=per_step * epoch_steps,
-             seconds_total=per_step * steps,
+             seconds_total=per_step * steps + warmup,
              artifact_bytes=skeleton.artifact_bytes,
              data={"examples": work.examples, "sequences": len(work.lengths), "max_length": work.max_length,
                    "mean_length": round(work.tokens / max(len(work.lengths), 1), 1)})
@@ -372,12 +374,29 @@ def padded_length(lengths: list[int], rows: int, grouped: bool, seed: int = 0) -
     return sum(max(b) * len(b) for b in batches) / len(order)
 
 
-def _flops_per_step(cfg: RunConfig, s: Skeleton, work: Workload, rows: tuple[int, int]) -> float:
-    """FLOPs of one optimizer step at the length rows are padded to (pairs are never grouped)."""
+def _padded_mean(cfg: RunConfig, work: Workload, rows: tuple[int, int]) -> float:
+    """The mean length a step's rows are padded to (pairs are never grouped by length)."""
+    if cfg.data.packing:
+        return float(cfg.data.max_length)
+    if work.parts:  # trl pads prompts and completions apart: a row is the longest prompt + the longest completion
+        return _pair_padded_length(work.parts, rows[0], cfg.data.max_length, cfg.train.seed)
+    grouped = (cfg.train.group_by_length and work.per_example == 1) or _features(cfg)
+    return padded_length(work.lengths, rows[0], grouped, cfg.train.seed)
+
+
+def _pair_padded_length(parts: list[tuple[int, int]], rows: int, limit: int, seed: int) -> float:
+    import random
+
+    order = list(parts)
+    random.Random(seed).shuffle(order)
+    batches = [order[i:i + rows] for i in range(0, len(order), rows)]
+    padded = [min(limit, max(p for p, _ in b) + max(c for _, c in b)) * len(b) for b in batches]
+    return sum(padded) / max(len(order), 1)
+
+
+def _flops_per_step(cfg: RunConfig, s: Skeleton, work: Workload, rows: tuple[int, int], mean: float) -> float:
+    """FLOPs of one optimizer step of `rows[0]` rows padded to `mean` tokens."""
     features = _features(cfg)
-    grouped = cfg.train.group_by_length and work.per_example == 1
-    mean = cfg.data.max_length if cfg.data.packing else padded_length(work.lengths, rows[0], grouped or features,
-                                                                      cfg.train.seed)
     tokens = rows[0] * mean * (1 if features else cfg.train.grad_accum)
     flops = tokens * flops_per_token(s, int(mean), trained=not features, head=not features)
     if cfg.objective_name in REFERENCE:

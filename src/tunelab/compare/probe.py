@@ -3,7 +3,7 @@
 The plan counts a step's FLOPs; what this CPU achieves on them depends on its instruction
 sets, threads, the precision and the shapes, so it is measured: the run's own model with
 its method applied, one warm-up and three timed steps (forward, backward, AdamW) on a
-batch of the run's shape, under the run's precision. The result is cached per model,
+batch of the run's shape, under the run's precision. The rate and the first step's extra time are cached per model,
 method, precision, batch shape and CPU in the tunelab cache (`plan-probes.json`).
 """
 
@@ -18,10 +18,14 @@ from tunelab.config import RunConfig
 
 STEPS = 3
 MAX_PROBE_LENGTH = 512  # longer rows are probed at this length: FLOP/s change little past it
+# Probed at the length rows are padded to on average: short rows reach far fewer FLOP/s than long ones
+# (sst2 at 8 x 25 tokens ran at half the rate of 8 x 64), so the rate is the one of the run's own shape.
 
 
-def achieved_tflops(cfg: RunConfig, skeleton, rows: tuple[int, int], measure: bool = True) -> tuple[float, str]:
-    """(TFLOP/s a training step of `cfg` achieves here, where the figure comes from)."""
+def achieved_tflops(cfg: RunConfig, skeleton, rows: tuple[int, int],
+                    measure: bool = True) -> tuple[float, float, str]:
+    """(TFLOP/s a training step of `cfg` achieves here, the first step's extra seconds (kernel set-up,
+    allocations), where the figures come from)."""
     from tunelab.training.precision import compute_dtype
 
     batch, length = rows[0], max(8, min(rows[1], MAX_PROBE_LENGTH))
@@ -30,20 +34,20 @@ def achieved_tflops(cfg: RunConfig, skeleton, rows: tuple[int, int], measure: bo
                     _cpu(), str(_threads())])
     cache = _cache_file()
     known = json.loads(cache.read_text()) if cache.is_file() else {}
-    if key in known:
-        return known[key], "measured on this machine (cached probe)"
+    if isinstance(known.get(key), dict):
+        return known[key]["tflops"], known[key]["warmup_s"], "measured on this machine (cached probe)"
     if not measure:
-        return _matmul_tflops(dtype), f"a {dtype} matrix-multiply benchmark of this CPU (no probe)"
-    tflops = _probe(cfg, skeleton, batch, length)
-    known[key] = tflops
+        return _matmul_tflops(dtype), 0.0, f"a {dtype} matrix-multiply benchmark of this CPU (no probe)"
+    tflops, warmup = _probe(cfg, skeleton, batch, length)
+    known[key] = {"tflops": tflops, "warmup_s": warmup}
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     tmp.write_text(json.dumps(known, indent=1))
     os.replace(tmp, cache)
-    return tflops, f"measured on this machine ({STEPS} steps of {batch}x{length})"
+    return tflops, warmup, f"measured on this machine ({STEPS} steps of {batch}x{length})"
 
 
-def _probe(cfg: RunConfig, skeleton, batch: int, length: int) -> float:
+def _probe(cfg: RunConfig, skeleton, batch: int, length: int) -> tuple[float, float]:
     import torch
 
     from tunelab.compare.planner import flops_per_token
@@ -77,10 +81,10 @@ def _probe(cfg: RunConfig, skeleton, batch: int, length: int) -> float:
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        if step:  # the first step warms caches and allocators up
-            times.append(time.perf_counter() - start)
-    seconds = sorted(times)[len(times) // 2]
-    return batch * length * flops_per_token(skeleton, length, trained=not features) / seconds / 1e12
+        times.append(time.perf_counter() - start)  # the first step also sets kernels and allocators up
+    seconds = sorted(times[1:])[len(times) // 2 - 1]
+    flops = batch * length * flops_per_token(skeleton, length, trained=not features, head=True)
+    return flops / seconds / 1e12, max(0.0, times[0] - seconds)
 
 
 def _matmul_tflops(dtype: str) -> float:

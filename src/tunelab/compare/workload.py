@@ -22,6 +22,7 @@ class Workload:
     examples: int  # training examples (a pair is one example)
     per_example: int = 1  # sequences per example: 2 for pairs
     generated: int = 0  # tokens generated per example (GRPO, PPO)
+    parts: list[tuple[int, int]] = field(default_factory=list)  # pairs: (prompt, completion) tokens of each sequence
     stats: dict = field(default_factory=dict)  # the data builder's own statistics
 
     @property
@@ -57,9 +58,10 @@ def workload(cfg: RunConfig, tokenizer) -> Workload:
 
         data = (build_unpaired if objective == "kto" else build_pairs)(cfg.data, cfg.train.seed, objective)
         keys = ("completion",) if objective == "kto" else ("chosen", "rejected")
-        lengths = [min(cfg.data.max_length, _tokens(tokenizer, r.get("prompt", "")) + _tokens(tokenizer, r.get(k, "")))
-                   for r in data.train for k in keys]
-        return Workload(lengths, len(data.train), per_example=len(keys), stats=data.stats)
+        parts = [(_tokens(tokenizer, r.get("prompt", "")), _tokens(tokenizer, r.get(k, ""))) for r in data.train
+                 for k in keys]
+        lengths = [min(cfg.data.max_length, p + c) for p, c in parts]
+        return Workload(lengths, len(data.train), per_example=len(keys), stats=data.stats, parts=parts)
     # grpo, ppo: a prompt, then the answers sampled for it
     from tunelab.objectives.grpo import read_prompts
 
