@@ -80,7 +80,8 @@ def run(name: str, settings: list[str], out: Path) -> dict:
     measured_time = summary.get("train_runtime_s") or summary.get("fit_s") or summary["wall_s"]
     return {"config": name, "rss_pred": plan["peak_mb"], "rss_meas": summary["peak_rss_mb"],
             "time_pred": plan["seconds_total"], "time_meas": measured_time,
-            "rss_err": plan["peak_mb"] / summary["peak_rss_mb"] - 1, "time_err": plan["seconds_total"] / measured_time - 1,
+            "rss_err": plan["peak_mb"] / summary["peak_rss_mb"] - 1,
+            "time_err": plan["seconds_total"] / measured_time - 1,
             "source": plan["throughput_source"]}
 
 

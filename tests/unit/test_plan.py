@@ -29,7 +29,8 @@ def data(tmp_path_factory):
 
 
 def run_config(model_dir, data, objective="sft", method="lora", *extra):
-    return load_config(None, [f"model.name={model_dir}", f"data.train={data[objective if objective in data else 'sft']}",
+    file = data[objective if objective in data else "sft"]
+    return load_config(None, [f"model.name={model_dir}", f"data.train={file}",
                               f"objective={objective}", f"method={method}", "data.max_length=64",
                               "train.batch_size=4", *extra])
 

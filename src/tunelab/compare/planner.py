@@ -312,13 +312,9 @@ def _machine_mb() -> float | None:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"this machine ({line.split(':', 1)[1].strip()}, {os.cpu_count()} threads)"
-    except OSError:
-        pass
-    return f"this machine ({os.cpu_count()} threads)"
+    from tunelab.compare.probe import cpu_model
+
+    return f"this machine ({cpu_model()}, {os.cpu_count()} threads)"
 
 
 # ---------------------------------------------------------------- steps and FLOPs

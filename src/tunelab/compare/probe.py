@@ -31,7 +31,7 @@ def achieved_tflops(cfg: RunConfig, skeleton, rows: tuple[int, int],
     batch, length = rows[0], max(8, min(rows[1], MAX_PROBE_LENGTH))
     dtype = str(compute_dtype(cfg.train.precision)).replace("torch.", "")
     key = "|".join([cfg.model.name, cfg.method_name, cfg.objective_name, dtype, f"{batch}x{_bucket(length)}",
-                    _cpu(), str(_threads())])
+                    cpu_model(), str(_threads())])
     cache = _cache_file()
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     if isinstance(known.get(key), dict):
@@ -108,7 +108,8 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def _cpu() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

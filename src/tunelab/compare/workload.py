@@ -52,7 +52,8 @@ def workload(cfg: RunConfig, tokenizer) -> Workload:
 
         data = build_classification(cfg.data, tokenizer, cfg.train.seed)
         texts = len(data.train) + len(data.validation)  # a probe embeds both
-        return Workload([len(e["input_ids"]) for e in data.train], len(data.train), stats={**data.stats, "texts": texts})
+        return Workload([len(e["input_ids"]) for e in data.train], len(data.train),
+                        stats={**data.stats, "texts": texts})
     if objective in PAIRWISE or objective == "kto":
         from tunelab.data.preference import build_pairs, build_unpaired
 
