@@ -216,6 +216,31 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from tunelab.compare.routes import LADDERS, ROUTES, TRAINING
+    from tunelab.compare.runner import compare
+    from tunelab.compare.task import load_task
+    from tunelab.config.flags import given
+
+    if args.list_routes:
+        for name, route in ROUTES.items():
+            print(f"{name:<18} {route.family:<10} {'/'.join(route.kinds):<16} {route.help}")
+        print(f"{'METHOD':<18} {'training':<10} {'labels/generate':<16} any trainable method of the method table "
+              f"({', '.join(TRAINING)}, ...)")
+        print("\ndefault ladders: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in LADDERS.items()))
+        return 0
+    if not args.task:
+        raise ConfigError("tunelab compare needs a task file: tunelab compare TASK.yaml (tunelab config new compare "
+                          "writes a starter)")
+    task = load_task(args.task, args.set, given(args, "compare"))  # checked before anything loads
+    report = compare(task, resume=args.resume, ray=args.ray, search=args.search)
+    summary = {"folder": str(report.folder), "best": report.recommendation.get("best"),
+               "recommended": report.recommendation.get("recommended"),
+               "routes": {r["name"]: r.get("value", r["status"]) for r in report.routes}}
+    print(json.dumps(report.data if args.json else summary, indent=2, default=str))
+    return 0
+
+
 def cmd_config(args) -> int:
     from tunelab.config import schemas
 
@@ -250,6 +275,7 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Every command; their option flags come from the config schema (tunelab.config.flags)."""
     from tunelab.compare.planner import PlanConfig
+    from tunelab.compare.task import CompareTask
     from tunelab.config import DataConfig, ModelConfig, RunConfig
     from tunelab.config.flags import add_command_flags, add_flags
     from tunelab.eval.config import KINDS as TASK_KINDS
@@ -311,6 +337,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, PlanConfig, "plan")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("compare", help="one task through a ladder of routes (prompting, retrieval, probes, "
+                       "every training method) within a budget; a report and a recommendation")
+    p.add_argument("task", nargs="?", help="task YAML (train, test, metric, constraints, routes)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a task key (applied last)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted comparison; finished routes are "
+                   "kept")
+    p.add_argument("--ray", metavar="ADDRESS", help="run the routes as Ray tasks on a cluster (ADDRESS or auto; "
+                   "pip install 'tunelab[ray]')")
+    p.add_argument("--search", action="store_true", help="a few trials of each training route's settings "
+                   "(Optuna; pip install 'tunelab[search]')")
+    p.add_argument("--list-routes", action="store_true", help="print every route and the default ladders")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    add_flags(p, CompareTask, "compare", title="task")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("config", help="the config schema: JSON Schema for editors, a resolved config, a starter")
     commands = p.add_subparsers(dest="config_command", required=True)
