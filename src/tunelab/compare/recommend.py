@@ -58,8 +58,10 @@ def recommend(routes: list[dict], details: dict[str, dict], metric: str, golds: 
 
 
 def _indistinguishable(t: dict) -> bool:
-    p = t.get("p_mcnemar", t["p_bootstrap"])
-    return p >= ALPHA and t["low"] <= 0 <= t["high"]
+    """McNemar's exact test for 0/1 scores; otherwise whether the paired bootstrap's 95% interval holds 0."""
+    if "p_mcnemar" in t:
+        return t["p_mcnemar"] >= ALPHA
+    return t["low"] <= 0 <= t["high"]
 
 
 def _points(value: float) -> str:

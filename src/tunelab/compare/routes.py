@@ -41,12 +41,12 @@ ROUTES: dict[str, Route] = {
     "probe-minilm": Route("features", ("labels",), "logistic regression on the packaged sentence embedder's "
                           "vectors", {"method.name": "probe", "method.embedder": "all-minilm-l6-v2"}),
 }
-# Training routes are the method table's methods; these are the settings each starts from
-# (learning rates in the range each method's paper and the field's recipes use).
+# Training routes are the method table's methods; these are the settings each starts from:
+# the learning rates bench/methods_sst2.py found for each method on this model family.
 TRAINING = {
-    "head": {"train.lr": 1e-3},
-    "lora": {"method.r": 8, "train.lr": 5e-4},
-    "qlora": {"method.r": 8, "train.lr": 5e-4},
+    "head": {"train.lr": 5e-3},
+    "lora": {"method.r": 8, "train.lr": 1e-3},
+    "qlora": {"method.r": 8, "train.lr": 1e-3},
     "ia3": {"train.lr": 5e-3},
     "full": {"train.lr": 3e-5},
 }
@@ -123,8 +123,8 @@ def run_config(task: CompareTask, data: TaskData, settings: dict, paths: dict[st
         "objective": {"name": "classify" if data.kind == "labels" else "sft"},
         "method": {"name": settings.get("method.name", "lora")},
         "train": {"output_dir": str(folder.parent), "run_name": folder.name, "epochs": task.epochs,
-                  "batch_size": task.batch_size, "seed": task.seed, "logging_steps": 10, "predict": False,
-                  "overwrite": True},
+                  "warmup_ratio": 0.06, "batch_size": task.batch_size, "seed": task.seed, "logging_steps": 10,
+                  "predict": False, "overwrite": True},
     }
     raw = deep_merge(raw, parse_overrides([f"{k}={v}" for k, v in settings.items() if k != "method.name"]))
     cfg: RunConfig = load_config(None, base=raw)

@@ -214,7 +214,8 @@ def _run_on_ray(address: str, order: list[str], jobs: dict[str, dict], state: _S
     """Every route as a Ray task, asking for the CPUs, GPUs and memory its plan says it needs; the
     budget is shared out up front (routes run side by side, so nothing is left over to pass on)."""
     ray = _needs("ray", "ray")
-    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    local = {"_node_ip_address": "127.0.0.1"} if address.startswith(("127.0.0.1", "localhost")) else {}
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False, **local)  # loopback: no outside address
     try:
         cpus = ray.cluster_resources().get("CPU", 1)
         gpus = ray.cluster_resources().get("GPU", 0)
