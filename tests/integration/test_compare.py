@@ -110,8 +110,18 @@ def test_a_failing_route_is_reported_and_the_comparison_goes_on(tmp_path, tiny_m
     report = tunelab.compare(t)
     assert report.route("zero-shot")["status"] == "ok"
     failed = report.route("lora")
-    assert failed["status"] == "failed" and failed["reason"] and failed["wall_s"] > 0
+    assert failed["status"] == "failed" and "No modules were targeted" in failed["reason"]
     assert "failed" in (t.folder / "report.md").read_text()
+
+
+def test_a_route_whose_process_fails_is_reported_with_its_error(compared, tmp_path):
+    _, task = compared
+    folder = tmp_path / "broken"
+    shutil.copytree(task.folder / "routes" / "zero-shot", folder)
+    job = json.loads((folder / "job.json").read_text())
+    (folder / "job.json").write_text(json.dumps({**job, "test": str(tmp_path / "gone.jsonl")}))
+    outcome = launch(folder, 120, None)
+    assert outcome["status"] == "failed" and "gone.jsonl" in outcome["reason"] and outcome["wall_s"] > 0
 
 
 def test_search_runs_trials_on_validation_and_reports_the_spread(tmp_path, tiny_model_dir):

@@ -80,8 +80,10 @@ def compare(task: CompareTask | str | Path, overrides: list[str] | None = None, 
     jobs = {s.name: make_job(task, data, s, paths, folder / "routes" / _slug(s.name)) for s in specs}
     budget = task.constraints.budget_minutes * 60
     memory = task.constraints.memory_gb * 1024 if task.constraints.memory_gb else _machine_mb()
-    rough = {name: estimate(j, measure=False) for name, j in jobs.items()}  # no model loads, no probe
+    rough = {name: _rough(j) for name, j in jobs.items()}  # no model loads, no probe
     cheapest = min(rough, key=lambda n: rough[n].seconds)
+    if math.isinf(rough[cheapest].seconds):
+        estimate(jobs[cheapest], measure=False)  # no route can be planned: the first one's own error says why
     if rough[cheapest].seconds > budget:
         raise ConfigError(f"constraints.budget_minutes: {task.constraints.budget_minutes:g} min is too small for any "
                           f"route: the cheapest, {cheapest}, needs about {rough[cheapest].seconds / 60:.1f} min on "
@@ -144,7 +146,12 @@ class _State:
             self.outcomes[name] = json.loads((rfolder / "result.json").read_text(encoding="utf-8"))
             console.print(f"  {name}: finished before (resumed)")
             return
-        est = estimate(job)
+        try:
+            est = estimate(job)
+        except Exception as e:  # noqa: BLE001  a route the plan cannot build (a bad setting) fails alone
+            self._record(name, {"status": "failed", "reason": f"plan: {type(e).__name__}: {e}", "wall_s": 0.0})
+            console.print(f"  {name}: failed before it ran ({type(e).__name__}: {e})")
+            return
         self.plans[name] = est
         limit, skip = self.schedule(name, job, est, len([n for n in self.order if n not in self.outcomes]))
         if skip:
@@ -223,7 +230,11 @@ def _run_on_ray(address: str, order: list[str], jobs: dict[str, dict], state: _S
         pending = {}
         for i, name in enumerate(order):
             job = jobs[name]
-            est = estimate(job)
+            try:
+                est = estimate(job)
+            except Exception as e:  # noqa: BLE001  as in the local run: this route fails, the others go on
+                state._record(name, {"status": "failed", "reason": f"plan: {type(e).__name__}: {e}", "wall_s": 0.0})
+                continue
             state.plans[name] = est
             limit, skip = state.schedule(name, job, est, len(order) - i)
             if skip:
@@ -290,6 +301,15 @@ def _earlier_spend(folder: Path) -> float:
     if not path.is_file():
         return 0.0
     return float(json.loads(path.read_text(encoding="utf-8")).get("wall_s", 0.0))
+
+
+def _rough(job: dict) -> Estimate:
+    """The estimate without a probe, for ordering; a route the plan cannot build goes last (it fails
+    when its turn comes, with the plan's error)."""
+    try:
+        return estimate(job, measure=False)
+    except Exception:  # noqa: BLE001
+        return Estimate(math.inf, 0, 0, 0, 0, 0)
 
 
 def _finished_before(folder: Path) -> set[str]:
