@@ -230,8 +230,8 @@ def cmd_compare(args) -> int:
         print("\ndefault ladders: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in LADDERS.items()))
         return 0
     if not args.task:
-        raise ConfigError("tunelab compare needs a task file: tunelab compare TASK.yaml (tunelab config new compare "
-                          "writes a starter)")
+        raise ConfigError("tunelab compare needs a task file: tunelab compare TASK.yaml (examples/compare/ has two; "
+                          "tunelab config show --kind compare lists every key)")
     task = load_task(args.task, args.set, given(args, "compare"))  # checked before anything loads
     report = compare(task, resume=args.resume, ray=args.ray, search=args.search)
     summary = {"folder": str(report.folder), "best": report.recommendation.get("best"),

@@ -2,6 +2,7 @@
 the statistics and the recommendation."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,7 +92,7 @@ def test_conversation_records_become_prompts_with_their_system_turn(tmp_path):
     data = read_task(task(train=str(path), test=str(path), metric="json"))
     assert data.kind == "generate" and data.test[0].system == "Answer in JSON." and data.test[0].input == "hi"
     written = data.write(tmp_path)
-    assert json.loads(open(written["test"]).readline())["messages"] == turns
+    assert json.loads(Path(written["test"]).read_text().splitlines()[0])["messages"] == turns
 
 
 # ---------------------------------------------------------------- routes and the ladder
@@ -267,8 +268,6 @@ def test_list_routes(capsys):
 
 
 def test_the_shipped_example_tasks_resolve():
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[2]
     for path in sorted((root / "examples" / "compare").glob("*.yaml")):
         t = load_task(path)
