@@ -3,7 +3,7 @@
 The public API is small; everything else lives in its subpackage.
 """
 
-import tunelab.compare as _compare_package  # loaded first: `tunelab.compare` below then names the function
+from tunelab import compare  # callable: tunelab.compare(task) runs a comparison
 from tunelab.config import RunConfig, load_config
 from tunelab.errors import TunelabError
 from tunelab.infer import DecodingConfig, generate
@@ -21,18 +21,10 @@ def train(config: str | RunConfig | None = None, overrides: list[str] | None = N
     return run(cfg)
 
 
-def compare(task, overrides: list[str] | None = None, **options):
-    """One task (a YAML path or a CompareTask) through its ladder of routes; returns the Report
-    (`report.routes`, `report.recommendation`, `report.folder`). Options: resume, ray, search."""
-    from tunelab.compare.runner import compare as run_comparison
-
-    return run_comparison(task, overrides, **options)
-
-
 def plan(config, overrides: list[str] | None = None, device: str | None = None, probe: bool = True):
     """The predicted cost of training `config` (a YAML path or a RunConfig): a Plan
     (`plan.table()`, `plan.to_dict()`, `plan.fits`, `plan.advice`)."""
-    return _compare_package.plan(config, overrides, device=device, probe=probe)
+    return compare.plan(config, overrides, device=device, probe=probe)
 
 
 __all__ = [

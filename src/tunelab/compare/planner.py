@@ -135,6 +135,10 @@ def plan(cfg: RunConfig | str, overrides: list[str] | None = None, device: str |
 
         tflops, warmup, source = achieved_tflops(cfg, skeleton, (rows[0], round(mean)), measure=probe)
     per_step = flops / (tflops * 1e12)
+    if _features(cfg) and target is None:  # then the classifier is fitted on the training vectors
+        from tunelab.compare.probe import fit_seconds
+
+        warmup += fit_seconds(work.examples, skeleton.hidden, cfg.method)
     epoch_steps = steps / max(cfg.train.epochs, 1e-9) if cfg.train.max_steps <= 0 else steps
     available = (target.memory_gb - GPU_OVERHEAD_GB) * 1024 if target else _machine_mb()
     p = Plan(run=cfg.train.run_name or f"{cfg.objective_name}-{cfg.method_name}", device=target.name if target else
@@ -219,6 +223,9 @@ class Skeleton:
         heads = getattr(config, "num_attention_heads", 1) or 1
         kv = getattr(config, "num_key_value_heads", heads) or heads
         artifact = 4 * (total if method.saves == "model" else trainable) + 64 * 1024  # safetensors + configs
+        if method.kind != "features":  # the tokenizer is saved with every trained result
+            artifact += sum(f.stat().st_size for f in Path(folder).glob("*") if f.name.startswith(
+                ("tokenizer", "vocab", "merges", "special_tokens", "chat_template")))
         return cls(total=total, trainable=trainable, frozen_linear=linear, layers=len(blocks), hidden=hidden,
                    intermediate=getattr(config, "intermediate_size", 4 * hidden) or 4 * hidden,
                    kv_dim=hidden // heads * kv, vocab=getattr(config, "vocab_size", 0),

@@ -50,7 +50,7 @@ def achieved_tflops(cfg: RunConfig, skeleton, rows: tuple[int, int],
 def _probe(cfg: RunConfig, skeleton, batch: int, length: int) -> tuple[float, float]:
     import torch
 
-    from tunelab.compare.planner import flops_per_token
+    from tunelab.compare.planner import REFERENCE, flops_per_token
     from tunelab.methods import METHODS
     from tunelab.training.precision import compute_dtype
     from tunelab.training.setup import load_for_training
@@ -75,6 +75,8 @@ def _probe(cfg: RunConfig, skeleton, batch: int, length: int) -> tuple[float, fl
             if features:
                 with torch.no_grad():
                     model(input_ids=ids)
+            elif cfg.objective_name in REFERENCE:
+                loss = _preference_loss(model, ids)
             else:
                 loss = model(input_ids=ids, labels=labels).loss
         if optimizer is not None:
@@ -84,7 +86,43 @@ def _probe(cfg: RunConfig, skeleton, batch: int, length: int) -> tuple[float, fl
         times.append(time.perf_counter() - start)  # the first step also sets kernels and allocators up
     seconds = sorted(times[1:])[len(times) // 2 - 1]
     flops = batch * length * flops_per_token(skeleton, length, trained=not features, head=True)
+    if cfg.objective_name in REFERENCE:  # the reference's forward pass, counted as the plan counts it
+        flops += batch * length * flops_per_token(skeleton, length, trained=False)
     return flops / seconds / 1e12, max(0.0, times[0] - seconds)
+
+
+def fit_seconds(examples: int, dim: int, method_cfg) -> float:
+    """Seconds the probe's classifier takes to fit `examples` vectors of `dim` features, measured on
+    synthetic two-class data of that shape (hidden states are harder to separate than these, so it
+    is a floor)."""
+    import numpy as np
+
+    from tunelab.methods.probe import _pipeline
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(max(examples, 2), dim)).astype(np.float32)
+    y = (X[:, : max(dim // 50, 1)].sum(1) + 3 * rng.normal(size=len(X)) > 0).astype(int)
+    start = time.perf_counter()
+    _pipeline(method_cfg).fit(X, y)
+    return time.perf_counter() - start
+
+
+def _preference_loss(model, ids):
+    """A DPO-shaped step, as trl's costs: every row's log-probabilities over the whole vocabulary under
+    the policy and, without gradients, under the reference (the same weights here; the same work),
+    then the pairwise loss on first-half against second-half rows."""
+    import torch
+    import torch.nn.functional as F
+
+    def logps(logits):
+        return torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1).sum(-1)
+
+    policy = logps(model(input_ids=ids).logits)
+    with torch.no_grad():
+        reference = logps(model(input_ids=ids).logits)
+    margin = policy - reference
+    half = max(ids.shape[0] // 2, 1)
+    return -F.logsigmoid(0.1 * (margin[:half] - margin[half:2 * half])).mean() if ids.shape[0] > 1 else -margin.mean()
 
 
 def _matmul_tflops(dtype: str) -> float:

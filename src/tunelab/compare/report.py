@@ -35,8 +35,8 @@ def write_report(report: dict[str, Any], folder: Path) -> dict[str, Path]:
 
 def _rows(report: dict) -> list[list[str]]:
     metric = report["metric"]
-    rows = [["route", f"{metric} (95% CI)", "train s (plan)", "ms/answer (plan)", "peak MiB (plan)", "trainable",
-             "artifact MiB", "status"]]
+    rows = [["route", f"{metric} (95% CI)", "train s (plan)", "ms/answer (plan)", "peak MiB (plan)",
+             "trainable (plan)", "artifact MiB (plan)", "status"]]
     for r in report["routes"]:
         p = r.get("plan") or {}
         if r["status"] == "ok":
@@ -45,8 +45,9 @@ def _rows(report: dict) -> list[list[str]]:
             train = f"{r['train_s']:.0f} ({p.get('train_s', 0):.0f})"
             infer = f"{r['infer_ms_per_example']:.0f} ({1000 * p.get('infer_s', 0) / max(report['n_test'], 1):.0f})"
             peak = f"{r['peak_rss_mb']:,.0f} ({p.get('peak_mb', 0):,.0f})"
-            trainable = f"{r['trainable_params']:,}"
-            artifact = f"{r['artifact_bytes'] / 2**20:.1f}"
+            trainable = f"{r['trainable_params']:,}" + (f" ({p['trainable_params']:,})" if p.get("steps") else "")
+            artifact = f"{r['artifact_bytes'] / 2**20:.1f}" + (f" ({p['artifact_bytes'] / 2**20:.1f})"
+                                                                 if p.get("artifact_bytes") else "")
         else:
             value = train = infer = trainable = artifact = "-"
             peak = f"{r['peak_rss_mb']:,.0f} ({p.get('peak_mb', 0):,.0f})" if r.get("peak_rss_mb") else "-"
