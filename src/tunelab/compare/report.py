@@ -104,6 +104,7 @@ def _plots(report: dict, done: list[dict], folder: Path) -> dict[str, bytes]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     out = {}
     for name, xlabel, x_of in (("compare.png", "training + answering the test set (s, log)", cost),
@@ -119,6 +120,8 @@ def _plots(report: dict, done: list[dict], folder: Path) -> dict[str, bytes]:
         for r, x, y in zip(done, xs, ys):
             ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{report['metric']} (%)")
         ax.set_title(f"compare {report['name']}")
