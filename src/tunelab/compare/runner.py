@@ -192,6 +192,8 @@ class _State:
             entry = {"name": name, **{k: v for k, v in outcome.items() if k != "name"}}
             if name in self.plans:
                 entry["plan"] = self.plans[name].to_dict()
+            elif self.done_before.get(name, {}).get("plan"):  # resumed: the plan made before it ran
+                entry["plan"] = self.done_before[name]["plan"]
             if outcome.get("status") == "ok":
                 rows = _predictions(Path(outcome.get("folder") or self._route_folder(name)))
                 details[name] = {"scores": [r["score"] for r in rows], "predictions": [r["prediction"] for r in rows]}
@@ -247,7 +249,8 @@ def _run_on_ray(address: str, order: list[str], jobs: dict[str, dict], state: _S
                        "memory": int(est.peak_mb * 2**20)}
             console.print(f"  {name}: submitted to Ray ({options['num_cpus']} CPU, {options['num_gpus']} GPU, "
                           f"{est.peak_mb:,.0f} MiB; limit {limit:.0f} s)")
-            pending[remote.options(**options).remote(str(rfolder), limit, state.memory)] = name
+            deadline = time.time() + state.left()  # a route still queued when the budget is spent does not start
+            pending[remote.options(**options).remote(str(rfolder), limit, state.memory, deadline)] = name
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             name = pending.pop(done[0])
@@ -262,9 +265,12 @@ def _run_on_ray(address: str, order: list[str], jobs: dict[str, dict], state: _S
         ray.shutdown()
 
 
-def _launch_remote(folder: str, limit: float, memory: float | None) -> tuple[dict, dict[str, str]]:
-    """A Ray task: the same launch, limits and files as the local run."""
+def _launch_remote(folder: str, limit: float, memory: float | None, deadline: float) -> tuple[dict, dict[str, str]]:
+    """A Ray task: the same launch, limits and files as the local run, within what is left of the budget."""
     path = Path(folder)
+    limit = min(limit, deadline - time.time())
+    if limit <= 0:
+        return {"status": "skipped", "reason": "the budget was spent before a worker was free", "wall_s": 0.0}, {}
     outcome = launch(path, limit, memory)
     files = {name: (path / name).read_text(encoding="utf-8") for name in ("result.json", "predictions.jsonl")
              if (path / name).is_file()}
@@ -312,12 +318,12 @@ def _rough(job: dict) -> Estimate:
         return Estimate(math.inf, 0, 0, 0, 0, 0)
 
 
-def _finished_before(folder: Path) -> set[str]:
-    """The routes an earlier run of this comparison finished (the ones --resume keeps)."""
+def _finished_before(folder: Path) -> dict[str, dict]:
+    """The routes an earlier run of this comparison finished (the ones --resume keeps), by name."""
     path = folder / "report.json"
     if not path.is_file():
-        return set()
-    return {r["name"] for r in json.loads(path.read_text(encoding="utf-8"))["routes"] if r["status"] == "ok"}
+        return {}
+    return {r["name"]: r for r in json.loads(path.read_text(encoding="utf-8"))["routes"] if r["status"] == "ok"}
 
 
 def _write_job(folder: Path, job: dict) -> None:

@@ -15,6 +15,7 @@ route fits) is a ConfigError or DataError naming the key or record, raised befor
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from dataclasses import dataclass, field
@@ -227,11 +228,7 @@ def read_task(task: CompareTask) -> TaskData:
 def _records(path: str, limit: int | None, key: str) -> list[Record]:
     if not Path(path).is_file():
         raise ConfigError(f"{key}: {path} does not exist")
-    out = []
-    for record in read_records(path):
-        out.append(record)
-        if limit and len(out) >= limit:
-            break
+    out = list(itertools.islice(read_records(path), limit))
     if not out:
         raise DataError(f"{path}: no records")
     return out
