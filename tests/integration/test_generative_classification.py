@@ -165,3 +165,17 @@ def test_name_scores_skip_the_virtual_tokens_of_prompt_tuning(varied):
     expected = torch.tensor(brute_force_scores(tuned, tokenizer, QUESTIONS, NAMES))
     torch.testing.assert_close(name_scores(tuned, tokenizer, QUESTIONS, NAMES, batch_size=2), expected,
                                rtol=1e-4, atol=1e-4)
+
+
+def test_shared_prompt_cache_scores_equal_whole_sequences(varied):
+    """The fast path (left-padded prompts read once, names run on their cache) gives the same
+    log-likelihoods as scoring each prompt+name whole, for names of one and of several tokens."""
+    from tunelab.eval.classification import _prompt, _whole_sequence_scores
+
+    model, tokenizer, *_ = varied
+    names = [*NAMES, *SAME_START]
+    fast = name_scores(model, tokenizer, QUESTIONS, names, batch_size=3)
+    prefix = [_prompt(tokenizer, q, None) for q in QUESTIONS]
+    ids = [tokenizer(n, add_special_tokens=False).input_ids for n in names]
+    assert any(len(i) > 1 for i in ids)
+    torch.testing.assert_close(fast, _whole_sequence_scores(model, tokenizer, prefix, ids, 3), atol=1e-4, rtol=1e-4)

@@ -3,8 +3,8 @@ fit is skipped with its reason.
 
 Training and feature routes: `tunelab plan` of their run config (memory breakdown, steps,
 seconds per step from a measured probe). Answering the test set, for every route: forward
-FLOPs (2 per parameter and token, each label scored as its own pass; few-shot prompts carry
-k examples; generation adds one forward per new token) at the forward-only rate measured by
+FLOPs (2 per parameter and token; few-shot prompts carry k examples; label names run on the
+prompt's cache; generation adds one forward per new token) at the forward-only rate measured by
 the plan's probe of the same model (cached), plus the process start and model load.
 """
 
@@ -89,9 +89,8 @@ def _answer_flops(job: dict, params: int) -> float:
     tokens = chars / 4 + 40  # about 4 characters a token, plus the instruction and chat template
     settings = job.get("prompting", {})
     k = settings.get("k", 0)
-    if job["kind"] == "labels":
-        passes = 1 if job["family"] in ("training", "features") else len(job["labels"])
-        return 2.0 * params * len(records) * passes * tokens * (1 + k)
+    if job["kind"] == "labels":  # a prompt is read once; its label names run on its cache
+        return 2.0 * params * len(records) * (tokens * (1 + k) + len(job["labels"]))
     samples = settings.get("self_consistency", 1)
     new = job["max_new_tokens"] * ANSWERED_NEW_TOKENS * (2 if settings.get("cot") else 1)
     context = tokens * (1 + k) + (settings.get("top_k", 0) * 120 if job["family"] == "retrieval" else 0)

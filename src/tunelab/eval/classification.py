@@ -41,14 +41,65 @@ def name_scores(model, tokenizer, questions: list[str], names: list[str], batch_
                 system: str | None = None) -> torch.Tensor:
     """(questions, names) log-likelihoods: the sum of the log-probabilities of each name's
     tokens after the chat template's assistant prefix (names of different lengths compete
-    fairly enough for short labels)."""
+    fairly enough for short labels).
+
+    Each batch of prompts is read once, left-padded, and its key/value cache shared by every
+    name: only a name's own tokens are run per name, and the output head only where a name
+    token is predicted. On 160 SST-2 dev prompts with two names (the default model, bf16, 2
+    cores) that took 7.4 s against 27.5 s for scoring each prompt+name whole. Prompt-learning
+    adapters (virtual tokens) are scored whole.
+    """
     model.eval()
     prefix = [_prompt(tokenizer, q, system) for q in questions]
     name_ids = [tokenizer(n, add_special_tokens=False).input_ids for n in names]
+    if _prompt_learning(model):
+        return _whole_sequence_scores(model, tokenizer, prefix, name_ids, batch_size)
     device = next(model.parameters()).device
     scores = torch.empty(len(questions), len(names))
+    for start in range(0, len(questions), batch_size):
+        rows = prefix[start:start + batch_size]
+        n, width = len(rows), max(map(len, rows))
+        ids = torch.full((n, width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, row in enumerate(rows):  # left-padded: every prompt ends at the last column
+            ids[r, width - len(row):] = torch.tensor(row)
+            mask[r, width - len(row):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                    use_cache=True, logits_to_keep=1)
+        first = F.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()  # (rows, vocab): each name's first token
+        cache, lengths = out.past_key_values, mask.sum(-1, keepdim=True)
+        for j, tokens in enumerate(name_ids):
+            total = first[:, tokens[0]]
+            if len(tokens) > 1:  # the rest of the name, on the prompt's cache; then the cache is cut back
+                k = len(tokens) - 1
+                step = model(input_ids=torch.tensor([tokens[:-1]] * n, device=device),
+                             attention_mask=torch.cat([mask, torch.ones(n, k, dtype=mask.dtype)], 1).to(device),
+                             position_ids=(lengths + torch.arange(k)).to(device), past_key_values=cache,
+                             use_cache=True)
+                logp = F.log_softmax(step.logits.float(), dim=-1).cpu()  # (rows, k, vocab)
+                total = total + logp.gather(-1, torch.tensor(tokens[1:]).expand(n, k)[..., None])[..., 0].sum(-1)
+                try:
+                    cache.crop(-k)
+                except (RuntimeError, ValueError):  # a sliding-window cache that cannot roll back
+                    return _whole_sequence_scores(model, tokenizer, prefix, name_ids, batch_size)
+            scores[start:start + n, j] = total
+    return scores
+
+
+def _prompt_learning(model) -> bool:
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+@torch.no_grad()
+def _whole_sequence_scores(model, tokenizer, prefix: list[list[int]], name_ids: list[list[int]],
+                           batch_size: int) -> torch.Tensor:
+    """Each prompt+name as one right-padded sequence (for models that prepend virtual tokens)."""
+    device = next(model.parameters()).device
+    scores = torch.empty(len(prefix), len(name_ids))
     for j, ids in enumerate(name_ids):
-        for start in range(0, len(questions), batch_size):
+        for start in range(0, len(prefix), batch_size):
             rows = [p + ids for p in prefix[start:start + batch_size]]
             width = max(map(len, rows))
             pad = tokenizer.pad_token_id
