@@ -10,6 +10,7 @@ the plan's probe of the same model (cached), plus the process start and model lo
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from tunelab.config import RunConfig
@@ -41,19 +42,22 @@ def estimate(job: dict, measure: bool = True) -> Estimate:
     cached probe knows it (seconds); else a matrix-multiply benchmark stands in."""
     from tunelab.compare.planner import plan
 
+    if job["family"] == "features":  # answering is embedding the test set with the same encoder
+        p = plan(_run(job), probe=measure)
+        infer = p.seconds_per_step * math.ceil(_lines(job["test"]) / job["run"]["method"]["batch_size"])
+        return Estimate(START_S + p.seconds_total + infer, p.seconds_total, infer, p.peak_mb, p.trainable_params,
+                        p.artifact_bytes)
     rate, total, base_mb = _forward_rate(job, measure)
     infer = _answer_flops(job, total) / rate
-    if job["family"] in ("training", "features"):
+    if job["family"] == "training":
         p = plan(_run(job), probe=measure)
         train = p.seconds_total
-        steps = p.steps if job["family"] == "training" else 0
-        # the trained result is read again to answer the test set while training's memory is still held
-        answering = total * (2 if job["family"] == "training" else 0) / 2**20
+        answering = total * 2 / 2**20  # the trained result is read again to answer, training's memory still held
         return Estimate(START_S + train + infer, train, infer, max(p.peak_mb + answering, base_mb),
-                        p.trainable_params, p.artifact_bytes, steps, p.seconds_per_step if steps else 0.0)
+                        p.trainable_params, p.artifact_bytes, p.steps, p.seconds_per_step)
     setup = 0.0
     if job.get("prompting", {}).get("select") == "similar":
-        setup = _pool_size(job) * 0.002  # MiniLM embeds about 500 short texts a second on 2 cores
+        setup = _lines(job["train"]) * 0.002  # MiniLM embeds about 500 short texts a second on 2 cores
     return Estimate(START_S + setup + infer, setup, infer, base_mb, 0, 0)
 
 
@@ -106,6 +110,6 @@ def _text(record: dict) -> str:
     return str(record.get("prompt", ""))
 
 
-def _pool_size(job: dict) -> int:
-    with open(job["train"], encoding="utf-8") as f:
+def _lines(path: str) -> int:
+    with open(path, encoding="utf-8") as f:
         return sum(1 for _ in f)

@@ -118,6 +118,11 @@ def plan(cfg: RunConfig | str, overrides: list[str] | None = None, device: str |
     if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg, overrides)
     target = gpu(device) if device else None
+    if _features(cfg) and cfg.method.embedder:  # the embedder is the encoder: its size, its tokenizer
+        from tunelab.models.hub import embedder_folder
+
+        folder = str(embedder_folder(cfg.method.embedder, "method.embedder"))
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": folder})})
     skeleton = Skeleton.of(cfg)
     tokenizer = load_tokenizer(resolve(cfg.model.name, cfg.model.revision))
     work = workload(cfg, tokenizer)

@@ -78,8 +78,9 @@ def _words(best: dict, chosen: dict, test: dict | None, metric: str, n: int, all
     ratio = cost(best) / max(cost(chosen), 1e-9)
     p = test.get("p_mcnemar", test["p_bootstrap"])
     name = "McNemar's exact test" if "p_mcnemar" in test else "a paired bootstrap"
+    share = f"1/{ratio:.0f}" if ratio >= 2 else f"{100 / ratio:.0f}%"
     return (f"Take {chosen['name']}: {metric} {_points(chosen['value'])}, within {gap:.1f} points of the best route, "
-            f"{b}, at 1/{ratio:.0f} of its cost ({_seconds(cost(chosen))}). On the same {n} test examples the "
+            f"{b}, at {share} of its cost ({_seconds(cost(chosen))}). On the same {n} test examples the "
             f"difference is not significant ({name}, p = {p:.2f}; 95% interval of the difference "
             f"{100 * test['low']:+.1f} to {100 * test['high']:+.1f} points). Choose {best['name']} only if those "
             f"{gap:.1f} points matter more than the extra cost.")

@@ -36,10 +36,12 @@ ROUTES: dict[str, Route] = {
                     "several samples", {"k": 2, "select": "similar", "cot": True, "self_consistency": 5}),
     "rag": Route("retrieval", ("generate",), "retrieve passages from the documents, answer from them",
                  {"top_k": 4}),
+    # Probes embed afresh (no embedding cache): a comparison measures what the route costs the first time.
     "probe": Route("features", ("labels",), "logistic regression on the model's mean-pooled hidden states",
-                   {"method.name": "probe"}),
+                   {"method.name": "probe", "method.cache": False}),
     "probe-minilm": Route("features", ("labels",), "logistic regression on the packaged sentence embedder's "
-                          "vectors", {"method.name": "probe", "method.embedder": "all-minilm-l6-v2"}),
+                          "vectors", {"method.name": "probe", "method.embedder": "all-minilm-l6-v2",
+                                      "method.cache": False}),
 }
 # Training routes are the method table's methods; these are the settings each starts from:
 # the learning rates bench/methods_sst2.py found for each method on this model family.
