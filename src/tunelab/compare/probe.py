@@ -59,8 +59,15 @@ def _probe(cfg: RunConfig, skeleton, batch: int, length: int) -> tuple[float, fl
     features = METHODS[cfg.method_name].kind == "features"
     task = "classify" if classify and not features else "causal_lm"
     extra = {"num_labels": 2} if task == "classify" else {}
-    model, tokenizer = load_for_training(cfg.model_copy(update={"method": METHODS["full"].config()})
-                                         if features else cfg, task, **extra)
+    if features:  # the frozen encoder as the probe loads it: a sentence embedder in float32, else the compute dtype
+        from transformers import AutoModel
+
+        from tunelab.models.loading import load_model
+
+        encoder_dtype = torch.float32 if cfg.method.embedder else compute_dtype(cfg.train.precision)
+        model, tokenizer = load_model(cfg.model, dtype=encoder_dtype, auto_class=AutoModel)
+    else:
+        model, tokenizer = load_for_training(cfg, task, **extra)
     vocab = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
     ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
     labels = torch.zeros(batch, dtype=torch.long) if task == "classify" else ids
@@ -71,7 +78,8 @@ def _probe(cfg: RunConfig, skeleton, batch: int, length: int) -> tuple[float, fl
     times = []
     for step in range(STEPS + 1):
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        autocast = dtype != torch.float32 and not (features and cfg.method.embedder)  # embedders run in float32
+        with torch.autocast("cpu", dtype=dtype, enabled=autocast):
             if features:
                 with torch.no_grad():
                     model(input_ids=ids)
