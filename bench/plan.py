@@ -77,7 +77,8 @@ def run(name: str, settings: list[str], out: Path) -> dict:
         raise SystemExit(f"{name}: tunelab train failed:\n{trained.stderr[-2000:]}")
     summary = json.loads((out / name / "summary.json").read_text())
     plan = summary["plan"]
-    measured_time = summary.get("train_runtime_s") or summary.get("fit_s") or summary["wall_s"]
+    # a probe's time is embedding plus fitting (what its plan predicts); training's is the Trainer's runtime
+    measured_time = summary.get("train_runtime_s") or (summary.get("embed_seconds", 0) + summary.get("fit_seconds", 0))
     return {"config": name, "rss_pred": plan["peak_mb"], "rss_meas": summary["peak_rss_mb"],
             "time_pred": plan["seconds_total"], "time_meas": measured_time,
             "rss_err": plan["peak_mb"] / summary["peak_rss_mb"] - 1,

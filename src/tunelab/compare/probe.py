@@ -2,7 +2,7 @@
 
 The plan counts a step's FLOPs; what this CPU achieves on them depends on its instruction
 sets, threads, the precision and the shapes, so it is measured: the run's own model with
-its method applied, one warm-up and three timed steps (forward, backward, AdamW) on a
+its method applied, one warm-up and five timed steps (forward, backward, AdamW) on a
 batch of the run's shape, under the run's precision. The rate and the first step's extra time are cached per model,
 method, precision, batch shape and CPU in the tunelab cache (`plan-probes.json`).
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tunelab.config import RunConfig
 
-STEPS = 3
+STEPS = 5  # timed steps (after one warm-up); their median is the rate: 3 varied by 20% run to run here
+PROBE_VERSION = "3"  # part of the cache key: probes measured the old way are not reused
 MAX_PROBE_LENGTH = 512  # longer rows are probed at this length: FLOP/s change little past it
 # Probed at the length rows are padded to on average: short rows reach far fewer FLOP/s than long ones
 # (sst2 at 8 x 25 tokens ran at half the rate of 8 x 64), so the rate is the one of the run's own shape.
@@ -30,8 +31,8 @@ def achieved_tflops(cfg: RunConfig, skeleton, rows: tuple[int, int],
 
     batch, length = rows[0], max(8, min(rows[1], MAX_PROBE_LENGTH))
     dtype = str(compute_dtype(cfg.train.precision)).replace("torch.", "")
-    key = "|".join([cfg.model.name, cfg.method_name, cfg.objective_name, dtype, f"{batch}x{_bucket(length)}",
-                    cpu_model(), str(_threads())])
+    key = "|".join([PROBE_VERSION, cfg.model.name, cfg.method_name, cfg.objective_name, dtype,
+                    f"{batch}x{_bucket(length)}", cpu_model(), str(_threads())])
     cache = _cache_file()
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     if isinstance(known.get(key), dict):

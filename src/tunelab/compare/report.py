@@ -104,7 +104,7 @@ def _plots(report: dict, done: list[dict], folder: Path) -> dict[str, bytes]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     out = {}
     for name, xlabel, x_of in (("compare.png", "training + answering the test set (s, log)", cost),
@@ -120,6 +120,7 @@ def _plots(report: dict, done: list[dict], folder: Path) -> dict[str, bytes]:
         for r, x, y in zip(done, xs, ys):
             ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
