@@ -40,7 +40,12 @@ def main() -> int:
         print("../shared/data/sst2 is missing: this benchmark needs the shared SST-2 data", file=sys.stderr)
         return 1
     import tunelab
+    from tunelab.compare.probe import cpu_model
     from tunelab.compare.task import load_task
+    from tunelab.training.precision import bf16_supported
+
+    print(f"machine: {cpu_model()}, {os.cpu_count()} threads, "
+          f"{'native bf16' if bf16_supported() else 'no native bf16 (fp32)'}")
 
     output = args.output_dir or tempfile.mkdtemp(prefix="compare-sst2-")
     settings = [f"constraints.budget_minutes={args.budget}", f"limit_train={args.limit_train}",
