@@ -49,7 +49,7 @@ def launch(folder: Path, seconds: float, memory_mb: float | None,
             elif watch is not None and watch(folder):
                 reason = ("pruned", "stopped early: its loss trailed the other trials'")
             if reason:
-                _stop(psutil, proc)
+                _stop(proc)
                 break
         proc.wait()
     wall = round(time.time() - started, 2)
@@ -78,7 +78,7 @@ def _tree_rss_mb(psutil, pid: int) -> float:
     return total / 2**20
 
 
-def _stop(psutil, proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen) -> None:
     """The worker and everything it started (its own session)."""
     try:
         os.killpg(proc.pid, 9)

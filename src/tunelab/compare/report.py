@@ -18,6 +18,7 @@ from typing import Any
 
 from tunelab.compare.recommend import cost
 from tunelab.compare.stats import pareto_front
+from tunelab.config.files import write_text_atomic
 
 
 def write_report(report: dict[str, Any], folder: Path) -> dict[str, Path]:
@@ -27,9 +28,9 @@ def write_report(report: dict[str, Any], folder: Path) -> dict[str, Path]:
     report["pareto"] = [done[i]["name"] for i in pareto_front([(max(cost(r), 1e-3), r["value"]) for r in done])]
     plots = _plots(report, done, folder) if done else {}
     paths = {"json": folder / "report.json", "markdown": folder / "report.md", "html": folder / "report.html"}
-    _atomic(paths["json"], json.dumps(report, indent=2, ensure_ascii=False, default=str))
-    _atomic(paths["markdown"], markdown(report))
-    _atomic(paths["html"], _html(report, plots))
+    write_text_atomic(paths["json"], json.dumps(report, indent=2, ensure_ascii=False, default=str))
+    write_text_atomic(paths["markdown"], markdown(report))
+    write_text_atomic(paths["html"], _html(report, plots))
     return paths
 
 
@@ -135,8 +136,3 @@ def _plots(report: dict, done: list[dict], folder: Path) -> dict[str, bytes]:
         out[name] = path.read_bytes()
     return out
 
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

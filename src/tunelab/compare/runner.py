@@ -27,11 +27,14 @@ from rich.console import Console
 
 from tunelab.compare.estimate import Estimate, estimate
 from tunelab.compare.launch import launch
+from tunelab.compare.planner import _machine_mb
 from tunelab.compare.routes import job as make_job
 from tunelab.compare.routes import ladder
 from tunelab.compare.task import CompareTask, TaskData, load_task, read_task
 from tunelab.config import to_dict, write_yaml
+from tunelab.config.files import write_text_atomic
 from tunelab.errors import ConfigError, RunError
+from tunelab.eval.runner import slug
 
 MIN_STEPS = 10  # fewer optimizer steps than this measure the start, not the route
 SLACK = 1.5  # a route may run this much past its predicted time (or its share) before it is stopped
@@ -77,7 +80,7 @@ def compare(task: CompareTask | str | Path, overrides: list[str] | None = None, 
     folder = _folder(task, resume)
     paths = data.write(folder)
     write_yaml(to_dict(task), folder / "task.yaml")
-    jobs = {s.name: make_job(task, data, s, paths, folder / "routes" / _slug(s.name)) for s in specs}
+    jobs = {s.name: make_job(task, data, s, paths, folder / "routes" / slug(s.name)) for s in specs}
     budget = task.constraints.budget_minutes * 60
     memory = task.constraints.memory_gb * 1024 if task.constraints.memory_gb else _machine_mb()
     rough = {name: _rough(j) for name, j in jobs.items()}  # no model loads, no probe
@@ -210,7 +213,7 @@ class _State:
         return report
 
     def _route_folder(self, name: str) -> Path:
-        return self.folder / "routes" / _slug(name)
+        return self.folder / "routes" / slug(name)
 
     def finish(self, console: Console) -> Report:
         report = self.write(complete=True)
@@ -328,9 +331,7 @@ def _finished_before(folder: Path) -> dict[str, dict]:
 
 def _write_job(folder: Path, job: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "job.json.tmp"
-    tmp.write_text(json.dumps(job, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(folder / "job.json")
+    write_text_atomic(folder / "job.json", json.dumps(job, indent=2, ensure_ascii=False))
 
 
 def _predictions(folder: Path) -> list[dict]:
@@ -338,13 +339,3 @@ def _predictions(folder: Path) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def _slug(name: str) -> str:
-    from tunelab.eval.runner import slug
-
-    return slug(name)
-
-
-def _machine_mb() -> float | None:
-    from tunelab.compare.planner import _machine_mb as machine
-
-    return machine()

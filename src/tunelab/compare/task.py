@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import field_validator, model_validator
 
 from tunelab.config import DEFAULT_MODEL, Options, deep_merge, opt, parse_overrides, read_yaml, validate
+from tunelab.config.files import write_text_atomic
 from tunelab.config.options import fail
 from tunelab.data.readers import Record, read_records
 from tunelab.errors import ConfigError, DataError
@@ -171,11 +172,8 @@ class TaskData:
         paths = {}
         for split, examples in (("train", self.train), ("test", self.test)):
             path = folder / f"{split}.jsonl"
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                for e in examples:
-                    f.write(json.dumps(_record(self.kind, e), ensure_ascii=False) + "\n")
-            tmp.replace(path)
+            write_text_atomic(path, "".join(json.dumps(_record(self.kind, e), ensure_ascii=False) + "\n"
+                                            for e in examples))
             paths[split] = str(path)
         return paths
 

@@ -9,12 +9,12 @@ route finished, which is what `--resume` trusts.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+
+from tunelab.config.files import write_text_atomic
 
 
 def run_job(folder: Path) -> dict:
@@ -35,10 +35,9 @@ def run_job(folder: Path) -> dict:
         preds, golds = _generate(job, folder, times)
     infer_s = time.time() - t0 - times["prepare"] - times["load"]
     scores = per_example(job["metric"], preds, golds)
-    with open(folder / "predictions.jsonl.tmp", "w", encoding="utf-8") as f:
-        for p, g, s in zip(preds, golds, scores):
-            f.write(json.dumps({"prediction": p, "gold": g, "score": s}, ensure_ascii=False) + "\n")
-    os.replace(folder / "predictions.jsonl.tmp", folder / "predictions.jsonl")
+    write_text_atomic(folder / "predictions.jsonl", "".join(
+        json.dumps({"prediction": p, "gold": g, "score": s}, ensure_ascii=False) + "\n"
+        for p, g, s in zip(preds, golds, scores)))
     result = {"status": "ok", "name": job["name"], "route": job["route"], "family": job["family"],
               "metric": job["metric"], "value": metric_value(job["metric"], preds, golds, scores),
               "n": len(golds), "train_s": round(train_s + times["prepare"], 2), "load_s": round(times["load"], 2),
@@ -46,7 +45,7 @@ def run_job(folder: Path) -> dict:
               "infer_ms_per_example": round(1000 * infer_s / max(len(golds), 1), 2),
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
               "wall_s": round(time.time() - started, 2), "trainable_params": 0, "artifact_bytes": 0, **extra}
-    _write_json(folder / "result.json", result)
+    write_text_atomic(folder / "result.json", json.dumps(result, indent=2, ensure_ascii=False))
     return result
 
 
@@ -221,12 +220,6 @@ def _rag(job: dict, folder: Path, prepared, times: dict) -> list[str]:
         pipeline.close()
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str]) -> int:
     from tunelab.errors import TunelabError
 
@@ -234,7 +227,7 @@ def main(argv: list[str]) -> int:
     try:
         run_job(folder)
     except TunelabError as e:
-        _write_json(folder / "failure.json", {"error": str(e)})
+        write_text_atomic(folder / "failure.json", json.dumps({"error": str(e)}))
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

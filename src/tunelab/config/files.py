@@ -102,7 +102,12 @@ def to_dict(cfg: Any) -> Any:
 
 def write_yaml(cfg: Any, path: Path) -> None:
     """The resolved options as YAML, written whole or not at all."""
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """`text` to `path` through a temporary file: a crash leaves the old file or the new, never half."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
