@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml requirements.lock
 demo: setup
 	$(BIN)/tunelab demo
 
-test: setup
+test: setup llamacpp
 	$(BIN)/python -m pytest -q --timeout 900
 
 test-fast: setup
@@ -32,11 +32,28 @@ test-fast: setup
 bench: setup
 	$(BIN)/python bench/train_throughput.py
 
-# The optional llama.cpp backend (GGUF serving). It compiles llama.cpp: about 10 minutes on
-# 2 cores. These flags avoid a build that crashes on some CPUs at its first evaluation.
-llamacpp: setup
-	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
-		$(BIN)/pip install llama-cpp-python==0.3.36
+# llama.cpp: the GGUF backend (serving), its quantizer, and its own converters (GGUF export).
+# Built once from the source package into .venv (about 10 minutes on 2 cores); the converter
+# scripts of the same release are unpacked beside it into .venv/llama.cpp. These flags avoid a
+# build that crashes on some CPUs at its first evaluation.
+LLAMACPP_VERSION := 0.3.36
+LLAMACPP_SDIST := $(VENV)/sdist/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz
+LLAMACPP_STAMP := $(VENV)/.llamacpp-$(LLAMACPP_VERSION)
+
+llamacpp: $(LLAMACPP_STAMP)
+
+$(LLAMACPP_STAMP): $(STAMP)
+	$(BIN)/pip download --quiet --no-deps --no-binary :all: llama-cpp-python==$(LLAMACPP_VERSION) -d $(VENV)/sdist
+	$(BIN)/python -c "import llama_cpp; assert llama_cpp.__version__ == '$(LLAMACPP_VERSION)'" 2>/dev/null || \
+		CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+		$(BIN)/pip install --quiet $(LLAMACPP_SDIST)
+	rm -rf $(VENV)/llama.cpp && mkdir -p $(VENV)/llama.cpp
+	tar -xzf $(LLAMACPP_SDIST) -C $(VENV)/llama.cpp --strip-components=3 \
+		llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp/convert_hf_to_gguf.py \
+		llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp/convert_lora_to_gguf.py \
+		llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp/conversion \
+		llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp/gguf-py
+	touch $@
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Any
@@ -111,3 +112,35 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def staged_output(path: str | Path, *, overwrite: bool = False):
+    """A staging path beside `path` to write into; renamed to `path` only when the block ends without error.
+
+    A crash or an error leaves `path` as it was (the staging path is removed, or left as
+    `NAME.partial-*` after a hard kill, never mistaken for the output). With `overwrite`, an
+    existing `path` is replaced only once the new one is complete.
+    Raises ConfigError when `path` exists and `overwrite` is off.
+    """
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path}: already exists; choose another --output or add --force to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{path.name}.partial-", dir=path.parent))
+    target = staging / path.name  # a file or a folder, as the block writes it
+    try:
+        yield target
+        if not target.exists():
+            raise RuntimeError(f"nothing was written to the staging path {target}")
+        old = path.with_name(f"{path.name}.old-{staging.name.rsplit('-', 1)[-1]}")
+        if path.exists():
+            path.rename(old)
+        target.rename(path)
+        if old.exists():
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -213,6 +213,8 @@ def _recorded_base(folder: Path, adapter_config: dict) -> str:
         import yaml
 
         name = (yaml.safe_load(meta.read_text()) or {}).get("model", {}).get("name")
+        if name and name.startswith("./") and (folder.parent / name).is_dir():  # a base shipped beside the result
+            return str((folder.parent / name).resolve())
         if name:
             return name
     name = adapter_config.get("base_model_name_or_path")

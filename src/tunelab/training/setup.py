@@ -125,8 +125,25 @@ def save_result(trainer, tokenizer, cfg: RunConfig, run_dir: Path, extra_files: 
             gen.save_pretrained(str(folder))
         for name, data in (extra_files or {}).items():
             (folder / name).write_text(json.dumps(data, indent=2))
+        _record_system_prompt(folder, cfg, model)
     trainer.accelerator.wait_for_everyone()
     return folder
+
+
+def _record_system_prompt(folder: Path, cfg: RunConfig, model) -> None:
+    """Record the system prompt every training record carried: chat, generate, serve and every export use it
+    by default for this run, so the model is asked as it was trained."""
+    from tunelab.compress.source import SYSTEM_PROMPT_FILE, common_system_prompt
+    from tunelab.errors import TunelabError
+
+    if task_of(model) == "classify" or not cfg.data.train:
+        return
+    try:
+        system = common_system_prompt(cfg.data)
+    except (TunelabError, KeyError, TypeError):  # records this reader does not take as chat (pairs, prompts)
+        return
+    if system:
+        (folder / SYSTEM_PROMPT_FILE).write_text(json.dumps({"system_prompt": system}, ensure_ascii=False, indent=2))
 
 
 def _record_base(folder: Path, model) -> None:

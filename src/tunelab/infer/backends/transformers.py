@@ -21,9 +21,10 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+from pathlib import Path
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -74,7 +75,7 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 16, prefill_tokens: int = 4096, draft=None,
-                 default_adapter: str | None = None):
+                 default_adapter: str | None = None, system_prompts: dict[str, str] | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size, self.prefill_tokens, self.draft = max_batch_size, prefill_tokens, draft
         self.eos = set(eos_ids_for_generation(tokenizer, model.generation_config.eos_token_id))
@@ -84,6 +85,9 @@ class TransformersEngine:
         self.peft_adapters = list(peft_config)
         # a request that names no adapter gets the active one (a run loaded alone); BASE_ADAPTER is the base
         self.default_adapter = default_adapter or (model.active_adapter if peft_config else BASE_ADAPTER)
+        # adapter name (None: the default) -> the system prompt its run was trained with, for requests that bring none
+        self.system_prompts = {self.default_adapter if name is None else name: text
+                               for name, text in (system_prompts or {}).items() if text}
         prompt_learning = any(c.is_prompt_learning for c in peft_config.values())
         self.batching = (not config.is_encoder_decoder and not prompt_learning and supports_batching(config))
         # peft runs a batch whose rows use different LoRA adapters in one forward; other kinds go one adapter at a time
@@ -106,6 +110,8 @@ class TransformersEngine:
     # --- the Engine protocol ---
 
     def prompt_ids(self, request: Request) -> list[int]:
+        if request.system is None and request.chat:
+            request = replace(request, system=self.system_prompts.get(request.adapter or self.default_adapter))
         return prompt_ids(self.tokenizer, request)
 
     def adapters(self) -> list[str]:
@@ -408,17 +414,20 @@ def open_engine(model, *, adapters, named, dtype, quantize, draft, max_batch_siz
     is one, optionally int8-quantized and with a speculative draft."""
     from tunelab.infer.quantize import ROWS
     from tunelab.infer.speculative import make_draft
-    from tunelab.models import load_adapters, load_model, load_run
+    from tunelab.compress.quantize import is_quantized, load_any
+    from tunelab.compress.source import recorded_system_prompt, run_system_prompt
+    from tunelab.models import load_adapters, load_run
     from tunelab.models.hub import DEFAULT_MODEL
     from tunelab.training.precision import compute_dtype
 
     torch_dtype = compute_dtype("auto") if dtype == "auto" else getattr(torch, dtype_name(dtype))
-    default = None
+    default, systems = None, {}
     if named:
         net, tokenizer = load_adapters(named, base=model, dtype=torch_dtype)
         if use and use not in named:
             raise ConfigError(f"--use {use}: no adapter of that name; loaded: {', '.join(named)}")
         default = use or next(iter(named))
+        systems = {name: run_system_prompt(Path(run)) for name, run in named.items()}
     elif adapters:
         runs = [adapters] if isinstance(adapters, str) else list(adapters)
         if len(runs) > 1:
@@ -426,8 +435,11 @@ def open_engine(model, *, adapters, named, dtype, quantize, draft, max_batch_siz
         net, tokenizer = load_run(runs[0], base=model, dtype=torch_dtype)
         if tokenizer is None or not hasattr(net, "generate"):
             raise ConfigError(f"--adapter {runs[0]}: this run is a classifier or probe, which does not generate text")
+        systems = {None: run_system_prompt(Path(runs[0]))}
     else:
-        net, tokenizer = load_model(model or DEFAULT_MODEL, dtype=torch_dtype)
+        net, tokenizer = load_any(model or DEFAULT_MODEL, dtype=torch_dtype)
+        systems = {None: recorded_system_prompt(model)}
+    prequantized = is_quantized(net)
     if torch.cuda.is_available():
         net = net.to("cuda")
     if draft and draft.startswith("layers:") and getattr(net, "peft_config", None):
@@ -436,7 +448,9 @@ def open_engine(model, *, adapters, named, dtype, quantize, draft, max_batch_siz
     speculative = make_draft(draft, net)  # before quantizing: a layers:N draft shares the unquantized weights
     if quantize == "auto":
         cpu_bf16 = dtype == "auto" and torch_dtype == torch.bfloat16 and not torch.cuda.is_available()
-        quantize = "int8" if cpu_bf16 and max_batch_size < ROWS else None
+        quantize = "int8" if cpu_bf16 and max_batch_size < ROWS and not prequantized else None
+    if quantize == "int8" and prequantized:
+        raise ConfigError(f"--quantize int8: {model} is already quantized; drop --quantize")
     if quantize == "int8":
         from tunelab.infer.quantize import quantize_int8
 
@@ -445,7 +459,7 @@ def open_engine(model, *, adapters, named, dtype, quantize, draft, max_batch_siz
         raise ConfigError(f"--quantize {quantize}: expected none or int8")
     net.eval()
     return TransformersEngine(net, tokenizer, max_batch_size=max_batch_size, draft=speculative,
-                              default_adapter=default)
+                              default_adapter=default, system_prompts=systems)
 
 
 register("transformers", open_engine)
