@@ -241,6 +241,48 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from tunelab.compress.export import ExportConfig, export
+    from tunelab.config.flags import given
+
+    exported = export(args.source, ExportConfig.load(given(args, "export"), "flags"))
+    if exported.note:
+        print(exported.note, file=sys.stderr)
+    if exported.verify:
+        from tunelab.compress.verify import Verification
+
+        figures = {k: v for k, v in exported.verify.items() if k != "passed"}
+        print(Verification(**figures).summary(), file=sys.stderr)
+    print(json.dumps({"output": str(exported.path), "format": exported.format, "merged": exported.merged,
+                      "files": exported.files, "verify": exported.verify}, indent=2))
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from tunelab.compress.quantize import QuantizeConfig, quantize_source
+    from tunelab.compress.quantizers import QUANTIZERS
+    from tunelab.config.flags import given
+
+    if args.list:
+        for name, q in QUANTIZERS.items():
+            print(f"{name:<29} {q.bits:>2} bits  {'calibrated' if q.calibrated else '':<10} "
+                  f"{'GPU' if q.needs_gpu else 'CPU':<4} {q.help}")
+        return 0
+    if not args.source:
+        raise ConfigError("tunelab quantize needs a run or a model: tunelab quantize runs/NAME --method bnb-nf4 "
+                          "(--list shows the methods)")
+    print(json.dumps(quantize_source(args.source, QuantizeConfig.load(given(args, "quantize"), "flags")), indent=2))
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from tunelab.compress.merge import merge
+    from tunelab.config.flags import given
+
+    print(json.dumps({"output": str(merge(args.config, **given(args, "merge")))}))
+    return 0
+
+
 def cmd_config(args) -> int:
     from tunelab.config import schemas
 
@@ -276,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Every command; their option flags come from the config schema (tunelab.config.flags)."""
     from tunelab.compare.planner import PlanConfig
     from tunelab.compare.task import CompareTask
+    from tunelab.compress.export import ExportConfig
+    from tunelab.compress.merge import MergeOptions
+    from tunelab.compress.quantize import QuantizeConfig
     from tunelab.config import DataConfig, ModelConfig, RunConfig
     from tunelab.config.flags import add_command_flags, add_flags
     from tunelab.eval.config import KINDS as TASK_KINDS
@@ -352,6 +397,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     add_flags(p, CompareTask, "compare", title="task")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="ship a run or a model: merged Hugging Face folder, GGUF (llama.cpp, LM "
+                       "Studio), GGUF LoRA adapter or Ollama folder, checked against the run")
+    p.add_argument("source", help="a run folder (runs/NAME), a model folder, .gguf or alias")
+    add_flags(p, ExportConfig, "export", title="export")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quantize", help="a smaller model: naive absmax / zero-point (int8, int4), bitsandbytes "
+                       "int8 / NF4, torchao int8 / int4, calibrated 4-bit (AutoRound); saved, reloaded and measured")
+    p.add_argument("source", nargs="?", help="a run folder (runs/NAME), a model folder, .gguf or alias")
+    p.add_argument("--list", action="store_true", help="print every method: bits, calibration, CPU or GPU")
+    add_flags(p, QuantizeConfig, "quantize", title="quantize")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("merge", help="merge models or adapters: mergekit's YAML (linear, slerp, ties, dare_ties, ...), "
+                       "a mixture of experts, or LoRA runs combined by peft; run folders work as models")
+    p.add_argument("config", help="MERGE.yaml: a mergekit config, a mergekit-moe config, or adapters: {name: run}")
+    add_flags(p, MergeOptions, "merge", title="merge")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("config", help="the config schema: JSON Schema for editors, a resolved config, a starter")
     commands = p.add_subparsers(dest="config_command", required=True)

@@ -29,7 +29,7 @@ class ExportConfig(Options):
     system_prompt: str | None = opt(None, "default system prompt written into the chat template (and an Ollama SYSTEM); "
                                     "default: the run's own; '' for none", aka=("system",))
     verify: bool = opt(True, "run the same prompts through the run and the export and fail when they disagree "
-                       "beyond the tolerance", off_flags=("--no-verify",))
+                       "beyond the tolerance")
     verify_prompts: int = opt(16, "prompts the check runs (the run's own held-out prompts first)", ge=1)
     verify_tokens: int = opt(48, "greedy tokens per prompt in the check", ge=1)
     force: bool = opt(False, "replace an existing output (only once the new one is complete)", aka=("overwrite",))

@@ -1,7 +1,7 @@
 """The named schemas (`tunelab config schema KIND`), resolved configs and starter configs.
 
 Each kind is one options class: `run` (tunelab train), `eval` (tunelab eval --config), `compare`
-(tunelab compare's task file), and the sections of `serve`, `generate`, `chat` and `rag`, whose
+(tunelab compare's task file), `export`, `quantize` and `merge` (those commands' options), and the sections of `serve`, `generate`, `chat` and `rag`, whose
 flags come from the same fields.
 JSON Schema is pydantic's, made friendly to YAML editors (a method may be written as its
 bare name; tunelab's own field notes are left out).
@@ -20,7 +20,7 @@ from tunelab.config.files import deep_merge, parse_overrides, read_yaml, to_dict
 from tunelab.config.options import Options, did_you_mean, grouped, literal_values, models_in, opt, validate
 from tunelab.errors import ConfigError
 
-KINDS = ("run", "eval", "compare", "rag", "serve", "generate", "chat")
+KINDS = ("run", "eval", "compare", "export", "quantize", "merge", "rag", "serve", "generate", "chat")
 SCHEMA_URL = "https://json-schema.org/draft/2020-12/schema"
 
 
@@ -67,6 +67,18 @@ def schema_class(kind: str) -> type[BaseModel]:
         from tunelab.compare.task import CompareTask
 
         return CompareTask
+    if kind == "export":
+        from tunelab.compress.export import ExportConfig
+
+        return ExportConfig
+    if kind == "quantize":
+        from tunelab.compress.quantize import QuantizeConfig
+
+        return QuantizeConfig
+    if kind == "merge":
+        from tunelab.compress.merge import MergeOptions
+
+        return MergeOptions
     if kind not in KINDS:
         raise KeyError(kind)
     fields: dict[str, Any] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Literal
 
 from tunelab.config.groups import Dtype
@@ -10,7 +12,7 @@ from tunelab.config.options import Options, opt
 from tunelab.errors import ConfigError
 from tunelab.infer.backends import BACKENDS
 
-BackendName = Literal[tuple(BACKENDS)]  # the registered backends, found when the package was imported
+BackendName = Literal[("auto", *BACKENDS)]  # the registered backends, found when the package was imported
 
 
 class LoadConfig(Options):
@@ -20,7 +22,8 @@ class LoadConfig(Options):
     adapter: list[str] = opt([], "a run folder (runs/NAME) whose adapter or model to use; repeat as NAME=RUN to "
                              "load several adapters on one base", aka=("adapters", "lora_modules"))
     use: str | None = opt(None, "with several named adapters: the one to answer with by default")
-    backend: BackendName = opt("transformers", "transformers (CPU or GPU), llamacpp (a GGUF file) or vllm (GPU)")
+    backend: BackendName = opt("auto", "auto (llamacpp for a .gguf file when llama-cpp-python is installed, else "
+                               "transformers), transformers (CPU or GPU), llamacpp (a GGUF file) or vllm (GPU)")
     dtype: Dtype = opt("auto", "weights: auto is bfloat16 where the hardware computes it natively")
     quantize: Literal["auto", "int8", "none"] = opt(
         "auto", "auto: int8 weights for one stream on a CPU with native bfloat16, as in chat (about 1.7x faster "
@@ -38,15 +41,15 @@ class LoadConfig(Options):
 
 
 def load_engine(model: str | None = None, *, adapters: list[str] | dict[str, str] | None = None,
-                backend: str = "transformers", dtype: str = "auto", quantize: str | None = "auto",
+                backend: str = "auto", dtype: str = "auto", quantize: str | None = "auto",
                 draft: str | None = None, max_batch_size: int = 16, use: str | None = None):
     """An engine for `model` (alias, folder, .gguf, Hub id; default the packaged SmolLM2).
 
     Args:
         adapters: one run folder, or NAME=RUN pairs (a list of "NAME=RUN" or a dict) to load
             several LoRA adapters on the one base; requests pick them by name.
-        backend: transformers (CPU or GPU), llamacpp (a GGUF file) or vllm (GPU); see
-            `tunelab.infer.backends`.
+        backend: auto, transformers (CPU or GPU), llamacpp (a GGUF file) or vllm (GPU); see
+            `tunelab.infer.backends`. auto serves a .gguf file through llama.cpp, as it was exported.
         dtype: auto (bfloat16 where the hardware computes it natively), bf16, fp16 or fp32.
         quantize: "auto", "int8" or None. auto is int8 for an engine of few rows (max_batch_size
             under 5: chat, one stream) on a CPU that computes bfloat16 natively, where it decodes
@@ -56,10 +59,17 @@ def load_engine(model: str | None = None, *, adapters: list[str] | dict[str, str
         use: with several adapters, the one a request naming none gets (default: the first).
     """
     named = _named(adapters)
+    if backend == "auto":
+        backend = "llamacpp" if _gguf_file(model) and not adapters and importlib.util.find_spec("llama_cpp") \
+            else "transformers"
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     return BACKENDS[backend].open(model, adapters=adapters, named=named, dtype=dtype, quantize=quantize, draft=draft,
                                   max_batch_size=max_batch_size, use=use)
+
+
+def _gguf_file(model: str | None) -> bool:
+    return bool(model) and str(model).endswith(".gguf") and Path(str(model)).expanduser().is_file()
 
 
 def _named(adapters) -> dict[str, str]:
