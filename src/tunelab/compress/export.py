@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from tunelab.compress.hf import Exported
-from tunelab.compress.source import Source, open_source
+from tunelab.compress.source import Source, load_trained, open_source
 from tunelab.config.options import Options, opt
 from tunelab.errors import ConfigError
 
@@ -79,9 +79,19 @@ def export(name: str, cfg: ExportConfig | None = None) -> Exported:
 
 def check(source: Source, exported: Exported, cfg: ExportConfig) -> None:
     """Verify `exported` against `source`; the figures go to exported.verify and a .verify.json beside it."""
-    from tunelab.compress.verify import GGUFSide, HFSide, VerifyError, verify, write_report
+    from tunelab.compress.verify import GGUFSide, HFSide, verify
 
     path = exported.path
+    if source.method == "probe":
+        exported.note += " (not verified: a probe is checked by tunelab eval, not by generation)"
+        return
+    if (source.result / "labels.json").is_file():  # a classifier: labels, not generations
+        from tunelab.compress.quantize import load_any
+        from tunelab.compress.verify import verify_classifier
+
+        candidate = load_trained(open_source(path))[0] if exported.format == "adapter" else load_any(path)[0]
+        _report(source, exported, verify_classifier(source, str(path), candidate, bits=BITS[cfg.dtype]))
+        return
     if exported.format == "hf":
         side, bits = HFSide.from_folder(path), BITS[cfg.dtype]
     elif exported.format == "adapter":
@@ -95,6 +105,13 @@ def check(source: Source, exported: Exported, cfg: ExportConfig) -> None:
         result = verify(source, side, bits=bits, n_prompts=cfg.verify_prompts, max_new_tokens=cfg.verify_tokens)
     finally:
         side.close()
+    _report(source, exported, result)
+
+
+def _report(source: Source, exported: Exported, result) -> None:
+    from tunelab.compress.verify import VerifyError, write_report
+
+    path = exported.path
     report = path / "verify.json" if path.is_dir() else path.with_name(path.name + ".verify.json")
     write_report(result, report)
     exported.verify = result.to_dict()

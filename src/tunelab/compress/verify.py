@@ -139,6 +139,29 @@ def verify(source: Source, candidate, *, bits: float = 32, prompts: list | None 
     return result
 
 
+def verify_classifier(source: Source, name: str, candidate, *, bits: float = 32, n_texts: int = 32) -> Verification:
+    """A classifier export (`candidate`, a loaded model named `name`) against its run: the label each picks for
+    the run's own texts, and the KL between their label distributions (a classifier does not generate, so
+    there is no template or stop token to compare)."""
+    texts = [m[-1]["content"] for m in run_prompts(source, n_texts)]
+    (ref, tokenizer), cand = load_trained(source), candidate
+    agree, kl = 0, 0.0
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt")
+            p, q = (torch.log_softmax(m(**ids).logits[0].float(), -1) for m in (ref.eval(), cand.eval()))
+            agree += int(p.argmax() == q.argmax())
+            kl += float((p.exp() * (p - q)).sum())
+    min_agreement, max_kl = tolerances(bits)
+    result = Verification(name, len(texts), agree / len(texts), max(0.0, kl / len(texts)), agree / len(texts),
+                          True, True, min_agreement, max_kl)
+    if result.token_agreement < min_agreement:
+        result.problems.append(f"the export picks another label for {len(texts) - agree} of {len(texts)} texts")
+    if result.mean_kl > max_kl:
+        result.problems.append(f"mean KL of the label distributions {result.mean_kl:.4f} is above {max_kl}")
+    return result
+
+
 def run_prompts(source: Source, n: int) -> list[list[dict]]:
     """Up to `n` prompts of the run's own data (held-out records first), as conversations; built-in prompts
     for a plain model or a run trained on text without prompts."""
