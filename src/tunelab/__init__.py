@@ -4,6 +4,7 @@ The public API is small; everything else lives in its subpackage.
 """
 
 from tunelab import compare  # callable: tunelab.compare(task) runs a comparison
+from tunelab.compress import export, merge, quantize
 from tunelab.config import RunConfig, load_config
 from tunelab.errors import TunelabError
 from tunelab.infer import DecodingConfig, generate
@@ -33,12 +34,15 @@ __all__ = [
     "TunelabError",
     "__version__",
     "compare",
+    "export",
     "generate",
     "load_adapters",
     "load_config",
     "load_engine",
     "load_model",
     "load_run",
+    "merge",
     "plan",
+    "quantize",
     "train",
 ]

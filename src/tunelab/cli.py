@@ -457,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()  # per-tensor loading bars; tunelab shows its own progress
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # optional-kernel notices on every import
+        for noisy in ("bitsandbytes", "torchao", "torch.utils._pytree"):  # optional-kernel notices on every import
+            logging.getLogger(noisy).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning)  # libraries' deprecation notes, not the user's
     try:
         return args.func(args)
