@@ -97,12 +97,14 @@ def check(source: Source, exported: Exported, cfg: ExportConfig) -> None:
     elif exported.format == "adapter":
         side, bits = HFSide.from_source(open_source(path)), 32
     elif exported.format == "gguf-lora":
-        side, bits = GGUFSide(base_gguf(source), lora=path), BITS.get(cfg.quant.lower(), 16)
+        # an adapter file carries no chat template: llama.cpp renders the base's, and the caller adds the system prompt
+        side, bits = GGUFSide(base_gguf(source), lora=path, system=source.system_prompt), BITS.get(cfg.quant.lower(), 16)
     else:
         file = path / "model.gguf" if exported.format == "ollama" else path
         side, bits = GGUFSide(file), quant_bits(cfg.quant)
     try:
-        result = verify(source, side, bits=bits, n_prompts=cfg.verify_prompts, max_new_tokens=cfg.verify_tokens)
+        result = verify(source, side, bits=bits, n_prompts=cfg.verify_prompts, max_new_tokens=cfg.verify_tokens,
+                        system=cfg.system_prompt)
     finally:
         side.close()
     _report(source, exported, result)

@@ -116,7 +116,10 @@ def export_gguf_lora(source: Source, output: str | Path, *, outtype: str = "f16"
     with staged_output(output, overwrite=overwrite) as target:
         _run_tool([sys.executable, str(tools / "convert_lora_to_gguf.py"), "--base", str(base), "--outfile",
                    str(target), "--outtype", outtype, str(source.result)], what="converting the LoRA adapter to GGUF")
-    return Exported(Path(output), "gguf-lora", merged=False, note=f"apply it to a GGUF of {source.base}",
+    note = f"apply it to a GGUF of {source.base} (llama.cpp --lora); it carries no chat template"
+    if source.system_prompt:
+        note += f", so give the run's system prompt yourself: {source.system_prompt!r}"
+    return Exported(Path(output), "gguf-lora", merged=False, note=note,
                     files=[Path(output).name])
 
 

@@ -97,11 +97,12 @@ def export_unmerged(source: Source, output: str | Path, *, overwrite: bool = Fal
         folder.mkdir()
         shutil.copytree(source.result, folder / source.result.name)
         shutil.copytree(base, folder / "base")
-        adapter_config = folder / source.result.name / "adapter_config.json"
-        if adapter_config.is_file():  # peft alone finds the base beside it
-            data = json.loads(adapter_config.read_text())
-            data["base_model_name_or_path"] = "../base"
-            adapter_config.write_text(json.dumps(data, indent=2))
+        for config, key in (("adapter_config.json", "base_model_name_or_path"), ("probe_config.json", "model")):
+            path = folder / source.result.name / config
+            data = json.loads(path.read_text()) if path.is_file() else {}
+            if data.get(key) and not data.get("config", {}).get("embedder"):  # the result finds the base beside it
+                data[key] = "../base"
+                path.write_text(json.dumps(data, indent=2))
         write_yaml(cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": "./base"})}),
                    folder / "config.yaml")
     note = (f"not merged: {source.why_not_mergeable}. Written as the {source.method} result with its base; load it "

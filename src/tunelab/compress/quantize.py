@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from tunelab.compress.quantizers import QUANTIZERS, QuantizeOptions, load_quantized, model_size_bytes, quantize
-from tunelab.compress.source import Source, load_merged, open_source
+from tunelab.compress.hf import with_default_system
+from tunelab.compress.source import SYSTEM_PROMPT_FILE, Source, load_merged, open_source
 from tunelab.config.files import staged_output
 from tunelab.config.options import opt
 from tunelab.errors import ConfigError
@@ -60,11 +61,11 @@ def quantize_source(name: str, cfg: QuantizeConfig | None = None) -> dict:
     ppl_base = perplexity(model, tokenizer, held_out) if held_out else None
     base_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     quantized, seconds = quantize(model, tokenizer, cfg, calibration=calibration)
+    if source.system_prompt and getattr(tokenizer, "chat_template", None):  # asked as it was trained, anywhere
+        tokenizer.chat_template = with_default_system(tokenizer.chat_template, source.system_prompt)
     with staged_output(output, overwrite=cfg.force) as folder:
         quantizer.save(quantized, tokenizer, folder)
         if source.system_prompt:
-            from tunelab.compress.source import SYSTEM_PROMPT_FILE
-
             (folder / SYSTEM_PROMPT_FILE).write_text(json.dumps({"system_prompt": source.system_prompt}))
     del model, quantized
     result = {"output": str(output), "method": cfg.method, "bits": quantizer.bits, "seconds": round(seconds, 1),

@@ -113,9 +113,10 @@ def load_merged(source: Source, dtype: torch.dtype = torch.float32):
     if not source.mergeable:
         raise ModelError(f"{source.name}: a {source.method} run cannot be merged into its base: "
                          f"{source.why_not_mergeable}")
-    model, tokenizer = load_trained(source, torch.float32)
     if source.method == "qlora":
-        _dequantize_4bit(model)
+        model, tokenizer = _qlora_model(source, torch.float32, dequantized=True)
+    else:
+        model, tokenizer = load_trained(source, torch.float32)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     return model.to(dtype), tokenizer
@@ -155,8 +156,9 @@ def common_system_prompt(data_cfg) -> str | None:
     return found.pop()
 
 
-def _qlora_model(source: Source, dtype: torch.dtype):
-    """The QLoRA run as trained: its base in 4 bits (the run's own quantization settings) plus the adapter."""
+def _qlora_model(source: Source, dtype: torch.dtype, dequantized: bool = False):
+    """The QLoRA run as trained: its base in 4 bits (the run's own quantization settings) plus the adapter;
+    with `dequantized`, the base's NF4 weights dequantized to float32 first (what the adapter merges into)."""
     from peft import PeftModel
 
     from tunelab.methods import METHODS
@@ -166,37 +168,14 @@ def _qlora_model(source: Source, dtype: torch.dtype):
     cfg = source.config
     model, tokenizer = load_model(cfg.model, dtype=dtype, **METHODS["qlora"].load_kwargs(cfg.method))
     keep_4bit_layout(model)
+    if dequantized:
+        model = model.dequantize().float()  # transformers' own: every Linear4bit back to an nn.Linear
     model = PeftModel.from_pretrained(model, str(source.result))
     if (source.result / "tokenizer_config.json").is_file():
         from tunelab.models import load_tokenizer
 
         tokenizer = load_tokenizer(source.result)
     return model, tokenizer
-
-
-def _dequantize_4bit(model) -> None:
-    """Replace every bitsandbytes 4-bit base layer by a float32 nn.Linear holding its dequantized weight."""
-    import bitsandbytes as bnb
-    import bitsandbytes.functional as bnbf
-
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, bnb.nn.Linear4bit):
-                weight = bnbf.dequantize_4bit(child.weight.data, child.weight.quant_state).float()
-                linear = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
-                linear.weight.data = weight
-                if child.bias is not None:
-                    linear.bias.data = child.bias.data.float()
-                setattr(module, child_name, linear)
-    if hasattr(model, "config"):
-        for config in {id(c): c for c in (model.config, getattr(model.get_base_model(), "config", None)) if c}.values():
-            config.__dict__.pop("quantization_config", None)
-    for m in model.modules():
-        for attr in ("is_loaded_in_4bit", "is_quantized"):
-            if getattr(m, attr, False):
-                setattr(m, attr, False)
-        if hasattr(m, "hf_quantizer"):
-            m.hf_quantizer = None
 
 
 def recorded_system_prompt(model: str | Path | None) -> str | None:

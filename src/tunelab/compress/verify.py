@@ -81,11 +81,15 @@ def tolerances(bits: float) -> tuple[float, float]:
 
 
 def verify(source: Source, candidate, *, bits: float = 32, prompts: list | None = None, n_prompts: int = 16,
-           max_new_tokens: int = 48, reference=None) -> Verification:
+           max_new_tokens: int = 48, reference=None, system: str | None = None) -> Verification:
     """Compare `candidate` (a `Side`: `HFSide` or `GGUFSide`) with the run `source`.
+
+    Each prompt reaches the candidate without the run's system prompt, which the export's template
+    must supply itself; the run is asked with it, as `tunelab chat --adapter RUN` asks it.
 
     Args:
         bits: the export's weight precision, which sets the tolerances.
+        system: the default system prompt the export was written with; None: the run's own, "": none.
         prompts: conversations (lists of messages) or strings; default: the run's own prompts.
         reference: a `Side` for the run, when one is already loaded.
     Returns the `Verification`; `problems` lists each tolerance it breaks.
@@ -93,14 +97,15 @@ def verify(source: Source, candidate, *, bits: float = 32, prompts: list | None 
     prompts = [p if isinstance(p, list) else [{"role": "user", "content": p}]
                for p in (prompts or run_prompts(source, n_prompts))]
     reference = reference or HFSide.from_source(source)
-    system = source.system_prompt
+    own = source.system_prompt
+    system = own if system is None else system or None
     agree, total, kl_sum, same_answers, same_templates = 0, 0, 0.0, 0, 0
     firsts = []
     for i, messages in enumerate(prompts):
-        asked = messages if messages[0]["role"] == "system" or not system else \
-            [{"role": "system", "content": system}] + messages
-        ref_ids = reference.render(asked)
-        cand_ids = candidate.render(messages)  # an export carries the run's system prompt in its template
+        bare = messages[1:] if own and messages[0] == {"role": "system", "content": own} else messages
+        asked = [{"role": "system", "content": system}] + bare if system and bare[0]["role"] != "system" else bare
+        ref_ids = reference.render(asked, add_system=False)
+        cand_ids = candidate.render(bare)  # an export carries the default system prompt in its template
         same_templates += ref_ids == cand_ids
         ref_answer = reference.greedy(ref_ids, max_new_tokens)
         cand_answer = candidate.greedy(cand_ids, max_new_tokens)
@@ -188,13 +193,14 @@ class HFSide:
     """A transformers model (the run, or an exported or quantized folder) seen through its own tokenizer,
     chat template and generation config."""
 
-    def __init__(self, name: str, model, tokenizer, stops: set[int]):
+    def __init__(self, name: str, model, tokenizer, stops: set[int], system: str | None = None):
         self.name, self.model, self.tokenizer, self.stops = name, model.eval(), tokenizer, stops
+        self.system = system  # added to a conversation without one, as tunelab's engine does for a run
 
     @classmethod
     def from_source(cls, source: Source) -> HFSide:
         model, tokenizer = load_trained(source, torch.float32)
-        return cls(source.name, model, tokenizer, _stop_ids(source.result, model, tokenizer))
+        return cls(source.name, model, tokenizer, _stop_ids(source.result, model, tokenizer), source.system_prompt)
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> HFSide:
@@ -203,7 +209,9 @@ class HFSide:
         model, tokenizer = load_any(folder)
         return cls(str(folder), model, tokenizer, _stop_ids(Path(folder), model, tokenizer))
 
-    def render(self, messages: list[dict]) -> list[int]:
+    def render(self, messages: list[dict], add_system: bool = True) -> list[int]:
+        if add_system and self.system and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": self.system}] + messages
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
@@ -234,11 +242,11 @@ class GGUFSide:
     """A GGUF file (with an optional GGUF LoRA adapter) seen through llama.cpp: its embedded chat template,
     its end-of-generation tokens and its own kernels."""
 
-    def __init__(self, path: str | Path, lora: str | Path | None = None, n_ctx: int = 2048):
+    def __init__(self, path: str | Path, lora: str | Path | None = None, n_ctx: int = 2048, system: str | None = None):
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        self.name = str(lora or path)
+        self.name, self.system = str(lora or path), system  # system: what a caller must add (a LoRA has no template)
         self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=True, verbose=False,
                                    **({"lora_path": str(lora)} if lora else {}))
         vocab = self.llm._model.vocab
@@ -251,9 +259,11 @@ class GGUFSide:
     def _piece(self, token: int) -> str:
         return self.llm.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
 
-    def render(self, messages: list[dict]) -> list[int]:
+    def render(self, messages: list[dict], add_system: bool = True) -> list[int]:
         if self.format is None:
             return []  # no template in the file: every prompt differs, and verify says so
+        if add_system and self.system and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": self.system}] + messages
         text = self.format(messages=messages).prompt
         return self.llm.tokenize(text.encode(), add_bos=False, special=True)
 

@@ -246,6 +246,8 @@ class FeatureProbe:
         if not (folder / CONFIG_FILE).is_file():
             raise ModelError(f"{folder}: no {CONFIG_FILE}; point to a folder FeatureProbe.save wrote")
         meta = json.loads((folder / CONFIG_FILE).read_text())
+        if meta["model"].startswith("../"):  # a base shipped beside the probe (tunelab export)
+            meta["model"] = str((folder / meta["model"]).resolve())
         cfg = Config(**meta["config"])
         if model is None or (cfg.embedder and not _is_sentence_transformer(model)):
             probe = cls.from_config(meta["model"], cfg, dtype=getattr(torch, meta["dtype"]))
