@@ -110,12 +110,11 @@ def main() -> None:
     parser.add_argument("--runs", default=str(ROOT / "runs"))
     parser.add_argument("--sst2-dev", type=int, default=300)
     args = parser.parse_args()
-    import torch
-
     from tunelab.compress.merge import merge
     from tunelab.config import DEFAULT_MODEL
     from tunelab.demo.requests import make_examples
     from tunelab.models import load_model, load_run
+    from tunelab.training.precision import compute_dtype
     from tunelab.compare.probe import cpu_model
 
     runs = Path(args.runs)
@@ -124,7 +123,7 @@ def main() -> None:
     demo, sst2 = demo_run(runs), sst2_run(runs)
     json_examples = make_examples(60, seed=2)  # the demo's held-out requests
     dev = [json.loads(line) for line in (DATA / "dev.jsonl").read_text().splitlines()[:args.sst2_dev]]
-    dtype = torch.bfloat16
+    dtype = compute_dtype("auto")  # bfloat16 only where the CPU computes it natively
     results: dict[str, dict] = {}
 
     def measure(name: str, loaded) -> None:
