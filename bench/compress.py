@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
 import sys
@@ -143,7 +142,7 @@ def main() -> int:
     from tunelab.compress.hf import export_hf
     from tunelab.compress.quantize import QuantizeConfig, load_any, perplexity, quantize_source
     from tunelab.compress.quantizers import model_size_bytes
-    from tunelab.compress.source import load_merged, load_trained, open_source
+    from tunelab.compress.source import load_trained, open_source
     from tunelab.compress.verify import GGUFSide, HFSide, run_prompts, verify
     from tunelab.demo import evaluate
     from tunelab.demo.requests import make_examples
