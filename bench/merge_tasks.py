@@ -70,7 +70,8 @@ def merge_configs(demo: Path, sst2: Path) -> dict[str, dict]:
     both = lambda **p: [{"model": str(demo), "parameters": dict(p)}, {"model": str(sst2), "parameters": dict(p)}]
     return {
         "linear": {"merge_method": "linear", "models": both(weight=0.5), "dtype": "float32"},
-        "slerp": {"merge_method": "slerp", "base_model": str(demo), "models": [{"model": str(demo)}, {"model": str(sst2)}],
+        "slerp": {"merge_method": "slerp", "base_model": str(demo),
+                  "models": [{"model": str(demo)}, {"model": str(sst2)}],
                   "parameters": {"t": 0.5}, "dtype": "float32"},
         "task_arithmetic": {"merge_method": "task_arithmetic", "base_model": DEFAULT_MODEL, "models": both(weight=1.0),
                             "dtype": "float32"},

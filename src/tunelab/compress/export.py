@@ -20,13 +20,15 @@ class ExportConfig(Options):
     format: Literal["hf", "gguf", "gguf-lora", "ollama"] = opt(
         "hf", "hf: a plain transformers folder; gguf: one file for llama.cpp / LM Studio; gguf-lora: a LoRA run "
         "as a llama.cpp adapter; ollama: a GGUF and its Modelfile")
-    output: str | None = opt(None, "where to write it; default: RUN/exports/<format> (a model: exports/<name>-<format>)",
+    output: str | None = opt(None, "where to write it; default: RUN/exports/<format> (a model: "
+                             "exports/<name>-<format>)",
                              aka=("outfile", "out"))
     quant: str = opt("q8_0", "GGUF type: f32, f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ... (gguf-lora: f32, f16, "
                      "bf16, q8_0)", aka=("outtype", "quantization"))
     dtype: Literal["fp32", "bf16", "fp16"] = opt("bf16", "weights of an hf export (the merge itself is float32)",
                                                  aka=("torch_dtype",))
-    system_prompt: str | None = opt(None, "default system prompt written into the chat template (and an Ollama SYSTEM); "
+    system_prompt: str | None = opt(None, "default system prompt written into the chat template (and an Ollama "
+                                    "SYSTEM); "
                                     "default: the run's own; '' for none", aka=("system",))
     verify: bool = opt(True, "run the same prompts through the run and the export and fail when they disagree "
                        "beyond the tolerance")
@@ -98,7 +100,8 @@ def check(source: Source, exported: Exported, cfg: ExportConfig) -> None:
         side, bits = HFSide.from_source(open_source(path)), 32
     elif exported.format == "gguf-lora":
         # an adapter file carries no chat template: llama.cpp renders the base's, and the caller adds the system prompt
-        side, bits = GGUFSide(base_gguf(source), lora=path, system=source.system_prompt), BITS.get(cfg.quant.lower(), 16)
+        side = GGUFSide(base_gguf(source), lora=path, system=source.system_prompt)
+        bits = BITS.get(cfg.quant.lower(), 16)
     else:
         file = path / "model.gguf" if exported.format == "ollama" else path
         side, bits = GGUFSide(file), quant_bits(cfg.quant)

@@ -49,7 +49,8 @@ def check_quant(quant: str) -> str:
     q = quant.lower()
     if q not in QUANTS:
         hint = " (i-quants need an importance matrix, which this export does not compute)" if q.startswith("iq") else ""
-        raise ConfigError(f"--quant {quant}: not a GGUF type this export writes{hint}; choose one of {', '.join(QUANTS)}")
+        raise ConfigError(f"--quant {quant}: not a GGUF type this export writes{hint}; "
+                          f"choose one of {', '.join(QUANTS)}")
     return q
 
 
