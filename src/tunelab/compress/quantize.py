@@ -17,7 +17,7 @@ import torch
 
 from tunelab.compress.quantizers import QUANTIZERS, QuantizeOptions, load_quantized, model_size_bytes, quantize
 from tunelab.compress.hf import with_default_system
-from tunelab.compress.source import SYSTEM_PROMPT_FILE, Source, load_merged, open_source
+from tunelab.compress.source import SYSTEM_PROMPT_FILE, Source, load_merged, open_source, run_records
 from tunelab.config.files import staged_output
 from tunelab.config.options import opt
 from tunelab.errors import ConfigError
@@ -114,22 +114,14 @@ def held_out_texts(source: Source, n: int) -> list[str]:
 
 
 def _run_texts(source: Source, n: int, held_out_first: bool) -> list[str]:
-    from tunelab.data.dataset import add_system_prompt, as_chat, load_records, split_records
+    """The run's records as the model saw them: plain text, or conversations rendered with its template."""
     from tunelab.models import load_tokenizer
 
-    cfg = source.config
-    loaded = load_records(cfg.data.train, cfg.data)
-    train, held, _ = split_records(loaded, cfg.data, cfg.train.seed)
-    records = (held + train) if held_out_first else (train + held)
-    if loaded.format == "text":
-        return [r.get("text", "") for r in records[:n] if r.get("text")]
+    fmt, records = run_records(source, held_out_first)
+    if fmt == "text":
+        return [r["text"] for r in records[:n] if r.get("text")]
     tokenizer = load_tokenizer(source.result)
-    texts = []
-    for record in records[:n]:
-        messages = add_system_prompt(as_chat(record, cfg.data), cfg.data.system_prompt).get("messages")
-        if messages:
-            texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
-    return texts
+    return [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in records[:n] if r.get("messages")]
 
 
 def _texts_of(path: Path) -> list[str]:

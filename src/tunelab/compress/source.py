@@ -178,6 +178,23 @@ def _qlora_model(source: Source, dtype: torch.dtype, dequantized: bool = False):
     return model, tokenizer
 
 
+def run_records(source: Source, held_out_first: bool = True) -> tuple[str, list[dict]]:
+    """(format, records) of the run's training file split as training split it, the held-out records first (or
+    last); chat-like records come as {"messages": [...]} with the run's system prompt added as in training.
+    ("", []) for a plain model or a run whose data is not at hand."""
+    from tunelab.data.dataset import add_system_prompt, as_chat, load_records, split_records
+
+    cfg = source.config
+    if cfg is None or not cfg.data.train or not Path(cfg.data.train).exists():
+        return "", []
+    loaded = load_records(cfg.data.train, cfg.data)
+    train, held, _ = split_records(loaded, cfg.data, cfg.train.seed)
+    records = held + train if held_out_first else train + held
+    if loaded.format == "text":
+        return "text", records
+    return loaded.format, [add_system_prompt(as_chat(r, cfg.data), cfg.data.system_prompt) for r in records]
+
+
 def recorded_system_prompt(model: str | Path | None) -> str | None:
     """The system prompt an exported model folder records (`SYSTEM_PROMPT_FILE`), or None."""
     path = Path(str(model)) / SYSTEM_PROMPT_FILE if model else None

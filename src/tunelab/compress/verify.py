@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from tunelab.compress.source import Source, load_trained
+from tunelab.compress.source import Source, load_trained, run_records
 from tunelab.errors import TunelabError
 
 BUILTIN_PROMPTS = [
@@ -170,22 +170,11 @@ def verify_classifier(source: Source, name: str, candidate, *, bits: float = 32,
 def run_prompts(source: Source, n: int) -> list[list[dict]]:
     """Up to `n` prompts of the run's own data (held-out records first), as conversations; built-in prompts
     for a plain model or a run trained on text without prompts."""
-    found = []
-    cfg = source.config
-    if cfg is not None and cfg.data.train and Path(cfg.data.train).exists():
-        from tunelab.data.dataset import add_system_prompt, as_chat, load_records, split_records
-
-        try:
-            loaded = load_records(cfg.data.train, cfg.data)
-            train, held, _ = split_records(loaded, cfg.data, cfg.train.seed)
-            for record in held + train:
-                messages = add_system_prompt(as_chat(record, cfg.data), cfg.data.system_prompt).get("messages")
-                if messages and messages[-1]["role"] == "assistant" and len(messages) > 1:
-                    found.append(messages[:-1])
-                if len(found) >= n:
-                    break
-        except (TunelabError, KeyError, TypeError):
-            found = []
+    try:
+        records = run_records(source)[1]
+    except (TunelabError, KeyError, TypeError):  # records this reader does not take as chat
+        records = []
+    found = [m[:-1] for r in records if len(m := r.get("messages") or []) > 1 and m[-1]["role"] == "assistant"][:n]
     return found or [[{"role": "user", "content": p}] for p in (BUILTIN_PROMPTS * (n // 16 + 1))[:n]]
 
 
