@@ -307,6 +307,21 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_env(args) -> int:
+    from tunelab.hardware import choices, detect
+
+    hw, made = detect(), choices()
+    if args.json:
+        print(json.dumps({"hardware": hw.as_dict(), "choices": [vars(c) for c in made]}, indent=2))
+        return 0
+    print(hw.line())
+    print(f"instruction sets: {', '.join(hw.isa) or 'none that tunelab uses'}")
+    width = max(len(c.what) for c in made)
+    for c in made:
+        print(f"  {c.what:<{width}}  {c.value}  ({c.why})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from tunelab.demo import run_demo
 
@@ -438,6 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
     from tunelab.rag.cli import add_parser as add_rag_parser
 
     add_rag_parser(sub)
+
+    p = sub.add_parser("env", help="this machine (CPU, instruction sets, cores, memory, GPUs) and every default "
+                       "tunelab chooses from it, with why")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("demo", help="the main job: LoRA SFT on the built-in requests-to-JSON task, before/after")
     p.add_argument("--output-dir", default="runs")

@@ -123,7 +123,7 @@ def test_cli_generates_with_the_chosen_adapter(runs, tiny_model_dir, prompts, tm
     from tunelab.cli import main
     from tunelab.infer import DecodingConfig, generate
     from tunelab.models import load_run
-    from tunelab.training.precision import compute_dtype
+    from tunelab.hardware import compute_dtype
 
     out = tmp_path / "out.jsonl"
     assert main(generate_argv(runs, tiny_model_dir, prompts, out, "b")) == 0

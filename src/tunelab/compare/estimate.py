@@ -78,7 +78,7 @@ def _forward_rate(job: dict, measure: bool) -> tuple[float, int, float]:
                                   "train": {"batch_size": job["batch_size"]}})
     skeleton = Skeleton.of(cfg)
     tflops, _, _ = achieved_tflops(cfg, skeleton, (job["batch_size"], 64), measure=measure)
-    from tunelab.training.precision import compute_dtype
+    from tunelab.hardware import compute_dtype
 
     weights = skeleton.total * 4 + skeleton.total * compute_dtype("auto").itemsize  # read in float32, then cast
     return tflops * 1e12, skeleton.total, (_rss_bytes() + weights) / MB + 256  # + activations and the kv cache

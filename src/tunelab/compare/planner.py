@@ -245,7 +245,7 @@ def _bytes(cfg: RunConfig, gpu_target) -> int:
     """Bytes per value of the compute dtype."""
     if gpu_target is not None:
         return 2
-    from tunelab.training.precision import compute_dtype
+    from tunelab.hardware import compute_dtype
 
     return compute_dtype(cfg.train.precision).itemsize
 

@@ -27,7 +27,7 @@ def achieved_tflops(cfg: RunConfig, skeleton, rows: tuple[int, int],
                     measure: bool = True) -> tuple[float, float, str]:
     """(TFLOP/s a training step of `cfg` achieves here, the first step's extra seconds (kernel set-up,
     allocations), where the figures come from)."""
-    from tunelab.training.precision import compute_dtype
+    from tunelab.hardware import compute_dtype
 
     batch, length = rows[0], max(8, min(rows[1], MAX_PROBE_LENGTH))
     dtype = str(compute_dtype(cfg.train.precision)).replace("torch.", "")
@@ -53,7 +53,7 @@ def _probe(cfg: RunConfig, skeleton, batch: int, length: int) -> tuple[float, fl
 
     from tunelab.compare.planner import REFERENCE, flops_per_token
     from tunelab.methods import METHODS
-    from tunelab.training.precision import compute_dtype
+    from tunelab.hardware import compute_dtype
     from tunelab.training.setup import load_for_training
 
     classify = cfg.objective_name in ("classify", "rm")

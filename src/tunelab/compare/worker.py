@@ -107,7 +107,7 @@ def _classifier(run: Path, texts: list[str], batch_size: int, times: dict) -> li
     import torch
 
     from tunelab.models import load_run
-    from tunelab.training.precision import compute_dtype
+    from tunelab.hardware import compute_dtype
 
     t0 = time.time()
     model, tokenizer = load_run(run, dtype=compute_dtype("auto"))
@@ -131,7 +131,7 @@ def _label_scoring(job: dict, texts: list[str], times: dict) -> list[str]:
     from tunelab.eval.classification import name_scores
     from tunelab.models import load_model
     from tunelab.prompting.fewshot import Example, FewShotSelector
-    from tunelab.training.precision import compute_dtype
+    from tunelab.hardware import compute_dtype
 
     labels, settings = job["labels"], job["prompting"]
     instruction = job["instruction"] or f"Classify the text. Answer with one word: {', '.join(labels)}."
@@ -190,7 +190,7 @@ def _generate(job: dict, folder: Path, times: dict) -> tuple[list, list]:
 
 def _generator(job: dict, folder: Path):
     from tunelab.models import load_model, load_run
-    from tunelab.training.precision import compute_dtype
+    from tunelab.hardware import compute_dtype
 
     if job["family"] == "training":
         return load_run(folder / "run", dtype=compute_dtype("auto"))

@@ -17,7 +17,7 @@ from tunelab.demo.requests import make_examples, write_jsonl
 from tunelab.eval.json_match import score_json
 from tunelab.infer import DecodingConfig, generate
 from tunelab.models import load_model, load_run
-from tunelab.training.precision import compute_dtype
+from tunelab.hardware import compute_dtype
 
 
 def evaluate(model, tokenizer, examples: list[dict]) -> tuple[dict, list[str]]:

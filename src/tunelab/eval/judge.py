@@ -154,7 +154,7 @@ def make_judge(cfg: JudgeConfig) -> Judge:
         return EndpointJudge(cfg.base_url, cfg.endpoint_model or cfg.model, api_key=os.environ.get(cfg.api_key_env),
                              max_tokens=cfg.max_new_tokens, api_key_env=cfg.api_key_env)
     from tunelab.models import load_model, load_run
-    from tunelab.training.precision import compute_dtype
+    from tunelab.hardware import compute_dtype
 
     dtype = compute_dtype("auto")
     if cfg.adapter:

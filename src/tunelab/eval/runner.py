@@ -70,15 +70,15 @@ def _check_golds(task: TaskConfig, data) -> None:
 def load(spec: ModelSpec, default_model: str | None, dtype_name: str):
     """(model, tokenizer) for a model spec, on the GPU when there is one; any failure is one ModelError."""
     from tunelab.models import load_model, load_run
-    from tunelab.training.precision import compute_dtype
+    from tunelab.hardware import compute_dtype
 
     base = spec.model or (None if spec.adapter else default_model)
     what = f"adapter {spec.adapter} on {base or 'its recorded base'}" if spec.adapter else f"model {base}"
     try:
         if spec.adapter:
-            model, tokenizer = load_run(spec.adapter, base=base, dtype=compute_dtype(dtype_name))
+            model, tokenizer = load_run(spec.adapter, base=base, dtype=compute_dtype(dtype_name, "eval.dtype"))
         else:
-            model, tokenizer = load_model(base, dtype=compute_dtype(dtype_name))
+            model, tokenizer = load_model(base, dtype=compute_dtype(dtype_name, "eval.dtype"))
     except TunelabError:
         raise
     except Exception as e:  # noqa: BLE001  a broken folder, bad weights, a wrong architecture: name it and the cause

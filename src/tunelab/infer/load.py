@@ -10,7 +10,10 @@ from tunelab.config.groups import Dtype
 from tunelab.config.run import DEFAULT_MODEL
 from tunelab.config.options import Options, opt
 from tunelab.errors import ConfigError
+from tunelab.hardware import llamacpp_decode
 from tunelab.infer.backends import BACKENDS
+
+FEW_STREAMS = 5  # llama.cpp decodes one sequence at a time: from here batching in transformers wins
 
 BackendName = Literal[("auto", *BACKENDS)]  # the registered backends, found when the package was imported
 
@@ -22,12 +25,13 @@ class LoadConfig(Options):
     adapter: list[str] = opt([], "a run folder (runs/NAME) whose adapter or model to use; repeat as NAME=RUN to "
                              "load several adapters on one base", aka=("adapters", "lora_modules"))
     use: str | None = opt(None, "with several named adapters: the one to answer with by default")
-    backend: BackendName = opt("auto", "auto (llamacpp for a .gguf file when llama-cpp-python is installed, else "
+    backend: BackendName = opt("auto", "auto (llamacpp for a .gguf file, or for the GGUF default model when "
+                               "decoding a few streams on a CPU, when llama-cpp-python is installed; else "
                                "transformers), transformers (CPU or GPU), llamacpp (a GGUF file) or vllm (GPU)")
     dtype: Dtype = opt("auto", "weights: auto is bfloat16 where the hardware computes it natively")
-    quantize: Literal["auto", "int8", "none"] = opt(
-        "auto", "auto: int8 weights for one stream on a CPU with native bfloat16, as in chat (about 1.7x faster "
-        "decoding, +0.1% perplexity), none for batches; int8; none (exact weights)")
+    quantize: Literal["auto", "int8", "int4", "none"] = opt(
+        "auto", "auto: int8 weights on CPUs while a step has few rows, as in chat (1.5-2.5x faster decoding, "
+        "+0.4% perplexity; `tunelab env` says where); int8; int4 (a sixth of float32's memory); none (exact weights)")
     draft: str | None = opt(None, "speculative decoding for greedy requests: ngram, layers:N or a draft model with "
                             "the same tokenizer")
     max_batch_size: int = opt(16, "answers decoded together", ge=1, flags=("--batch-size",),
@@ -49,23 +53,35 @@ def load_engine(model: str | None = None, *, adapters: list[str] | dict[str, str
         adapters: one run folder, or NAME=RUN pairs (a list of "NAME=RUN" or a dict) to load
             several LoRA adapters on the one base; requests pick them by name.
         backend: auto, transformers (CPU or GPU), llamacpp (a GGUF file) or vllm (GPU); see
-            `tunelab.infer.backends`. auto serves a .gguf file through llama.cpp, as it was exported.
-        dtype: auto (bfloat16 where the hardware computes it natively), bf16, fp16 or fp32.
-        quantize: "auto", "int8" or None. auto is int8 for an engine of few rows (max_batch_size
-            under 5: chat, one stream) on a CPU that computes bfloat16 natively, where it decodes
-            about 1.7x faster than bfloat16 weights for +0.1% perplexity; otherwise none, since
-            from about 8 rows a step runs on the bfloat16 weights anyway.
+            `tunelab.infer.backends`. auto serves a .gguf file through llama.cpp, as it was exported,
+            and a GGUF-backed alias (the default model) too when it decodes a few streams on a CPU
+            with nothing only transformers does (adapters, a draft, a dtype or quantize setting):
+            there llama.cpp decodes fastest (bench/cpu_paths.py).
+        dtype: auto (bfloat16 where the hardware computes it natively, else float32), bf16, fp16 or fp32.
+        quantize: "auto", "int8", "int4" or None. auto is int8 while a step has fewer rows than
+            `tunelab.hardware.int8_decode` says the int8 kernel wins for (on AVX2 and AVX-512 CPUs;
+            none on GPUs); int4 always decodes from packed 4-bit weights.
         draft: speculative decoding: "ngram", "layers:N" or a draft model (transformers backend).
         use: with several adapters, the one a request naming none gets (default: the first).
     """
     named = _named(adapters)
     if backend == "auto":
-        backend = "llamacpp" if _gguf_file(model) and not adapters and importlib.util.find_spec("llama_cpp") \
-            else "transformers"
+        as_exported = _gguf_file(model) and importlib.util.find_spec("llama_cpp")
+        fastest = (_gguf_alias(model) and max_batch_size < FEW_STREAMS and llamacpp_decode()
+                   and not draft and dtype == "auto" and quantize == "auto")
+        backend = "llamacpp" if not adapters and (as_exported or fastest) else "transformers"
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     return BACKENDS[backend].open(model, adapters=adapters, named=named, dtype=dtype, quantize=quantize, draft=draft,
                                   max_batch_size=max_batch_size, use=use)
+
+
+def _gguf_alias(model: str | None) -> bool:
+    """A built-in alias stored as a GGUF file (the default model is one)."""
+    from tunelab.models.hub import ALIASES
+
+    alias = ALIASES.get(model or DEFAULT_MODEL)
+    return alias is not None and alias.filename.endswith(".gguf")
 
 
 def _gguf_file(model: str | None) -> bool:

@@ -106,10 +106,10 @@ class FeatureProbe:
         from transformers import AutoModel
 
         from tunelab.models.loading import load_model
-        from tunelab.training.precision import bf16_supported
+        from tunelab.hardware import bf16_native
 
         if dtype is None:
-            dtype = torch.bfloat16 if bf16_supported() else torch.float32
+            dtype = torch.bfloat16 if bf16_native() else torch.float32
         model, tokenizer = load_model(model_cfg_or_name, dtype=dtype, auto_class=AutoModel)
         return cls(model, cfg, tokenizer=tokenizer, source=name)
 

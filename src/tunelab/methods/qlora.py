@@ -49,9 +49,9 @@ def load_kwargs(cfg: Config) -> dict:
 
 
 def _bf16_ok() -> bool:
-    from tunelab.training.precision import bf16_supported
+    from tunelab.hardware import bf16_native
 
-    return bf16_supported()
+    return bf16_native()
 
 
 def apply(model, cfg: Config):

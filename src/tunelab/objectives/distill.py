@@ -52,7 +52,7 @@ from tunelab.training import (
     task_for,
     train,
 )
-from tunelab.training.precision import store_frozen_in
+from tunelab.training.autocast import store_frozen_in
 from tunelab.training.records import is_main_process
 
 class Config(Options):

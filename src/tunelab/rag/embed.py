@@ -30,7 +30,7 @@ class Embedder:
         from sentence_transformers import SentenceTransformer
 
         from tunelab.models.hub import embedder_folder
-        from tunelab.training.precision import compute_dtype
+        from tunelab.hardware import compute_dtype
 
         self.name = name
         self.batch_size = batch_size

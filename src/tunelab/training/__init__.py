@@ -1,7 +1,7 @@
-"""What objectives share: precision, trainer setup, checkpoints and resume, callbacks, run records."""
+"""What objectives share: autocast, trainer setup, checkpoints and resume, callbacks, run records."""
 
 from tunelab.training.callbacks import RunLogger
-from tunelab.training.precision import bf16_supported, compute_dtype
+from tunelab.hardware import bf16_native, compute_dtype
 from tunelab.training.records import RunRecord
 from tunelab.training.setup import (
                                     cost_summary,
@@ -22,8 +22,6 @@ __all__ = [
                                     "RunLogger",
                                     "RunRecord",
                                     "TunelabTrainer",
-                                    "bf16_supported",
-                                    "compute_dtype",
                                     "cost_summary",
                                     "latest_checkpoint",
                                     "load_for_training",

@@ -19,11 +19,8 @@ from tunelab.models.families import auto_class, family, task_of
 from tunelab.models.hub import resolve
 from tunelab.models.loading import load_model
 from tunelab.training.callbacks import RunLogger
-from tunelab.training.precision import (
-    adapters_follow_autocast,
-    compute_dtype,
-    store_frozen_in,
-)
+from tunelab.hardware import compute_dtype
+from tunelab.training.autocast import adapters_follow_autocast, store_frozen_in
 from tunelab.training.records import artifact_bytes
 from tunelab.training.trainer import (
     TunelabTrainer,

@@ -83,10 +83,14 @@ class LlamaCppEngine:
                              "(it compiles llama.cpp, about 10 minutes)") from None
         self._lib = llama_cpp
         self.path = find_gguf(path)
-        # last_n_tokens_size: presence/frequency/repetition penalties see the whole answer, not its last 64 tokens
+        # n_threads: llama-cpp-python's default is half the logical CPUs, one thread on a 2-core machine,
+        # where two decode 1.24x faster (measured on the default model). last_n_tokens_size: presence,
+        # frequency and repetition penalties see the whole answer, not its last 64 tokens.
+        from tunelab.hardware import threads
+
         try:
-            self.llm = llama_cpp.Llama(str(self.path), n_ctx=n_ctx, n_threads=n_threads, verbose=verbose,
-                                       last_n_tokens_size=n_ctx)
+            self.llm = llama_cpp.Llama(str(self.path), n_ctx=n_ctx, n_threads=n_threads or threads(),
+                                       verbose=verbose, last_n_tokens_size=n_ctx)
         except ValueError as e:  # llama.cpp could not read the file
             raise ModelError(f"{self.path}: llama.cpp cannot load it ({e})") from None
         self.n_ctx = n_ctx

@@ -94,7 +94,7 @@ class TransformersEngine:
         self.mixed = bool(peft_config) and all(c.peft_type.value == "LORA" for c in peft_config.values())
         base = model.get_base_model() if peft_config else model
         self.logits_to_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
-        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.vocab_size = model.get_output_embeddings().out_features  # the head may hold packed weights
         self._grammars = None
         self._kv = KVBatch()
         self._rows: list[_Row] = []
@@ -411,14 +411,13 @@ class _nothing:
 
 def open_engine(model, *, adapters, named, dtype, quantize, draft, max_batch_size, use) -> TransformersEngine:
     """The engine `load_engine` builds: the model (or its adapters on their base), on the GPU when there
-    is one, optionally int8-quantized and with a speculative draft."""
-    from tunelab.infer.quantize import ROWS
+    is one, optionally with int8 or int4 weights and a speculative draft."""
+    from tunelab.hardware import compute_dtype, int8_decode
     from tunelab.infer.speculative import make_draft
     from tunelab.compress.quantize import is_quantized, load_any
     from tunelab.compress.source import recorded_system_prompt, run_system_prompt
     from tunelab.models import load_adapters, load_run
     from tunelab.models.hub import DEFAULT_MODEL
-    from tunelab.training.precision import compute_dtype
 
     torch_dtype = compute_dtype("auto") if dtype == "auto" else getattr(torch, dtype_name(dtype))
     default, systems = None, {}
@@ -446,17 +445,21 @@ def open_engine(model, *, adapters, named, dtype, quantize, draft, max_batch_siz
         raise ConfigError("--draft layers:N drafts with the base model's own layers, which adapters wrap; with "
                           "--adapter use --draft ngram or a draft model")
     speculative = make_draft(draft, net)  # before quantizing: a layers:N draft shares the unquantized weights
-    if quantize == "auto":
-        cpu_bf16 = dtype == "auto" and torch_dtype == torch.bfloat16 and not torch.cuda.is_available()
-        quantize = "int8" if cpu_bf16 and max_batch_size < ROWS and not prequantized else None
-    if quantize == "int8" and prequantized:
-        raise ConfigError(f"--quantize int8: {model} is already quantized; drop --quantize")
+    rows = 0 if prequantized or torch.cuda.is_available() else int8_decode(torch_dtype)
+    if quantize == "auto":  # int8 where the hardware's int8 kernel beats the weights for this many streams
+        quantize = "int8" if dtype == "auto" and max_batch_size < rows else None
+    if quantize in ("int8", "int4") and prequantized:
+        raise ConfigError(f"--quantize {quantize}: {model} is already quantized; drop --quantize")
     if quantize == "int8":
         from tunelab.infer.quantize import quantize_int8
 
-        quantize_int8(net)
+        quantize_int8(net, rows or 5)
+    elif quantize == "int4":
+        from tunelab.infer.quantize import quantize_int4
+
+        quantize_int4(net)
     elif quantize not in (None, "", "none"):
-        raise ConfigError(f"--quantize {quantize}: expected none or int8")
+        raise ConfigError(f"--quantize {quantize}: expected auto, int8, int4 or none")
     net.eval()
     return TransformersEngine(net, tokenizer, max_batch_size=max_batch_size, draft=speculative,
                               default_adapter=default, system_prompts=systems)

@@ -1,40 +1,11 @@
-"""Which float type to compute in, decided from the hardware.
+"""How a model trains under autocast: frozen weights kept in the compute dtype, adapters not upcasting.
 
-bfloat16 matrix work is several times faster than float32 on CPUs with AVX512-BF16 or
-AMX and on recent GPUs; elsewhere it is emulated and slow, so float32 is used.
+Which dtype that is comes from the hardware (`tunelab.hardware.compute_dtype`).
 """
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
 import torch
-
-from tunelab.errors import ConfigError
-
-
-@functools.cache
-def bf16_supported() -> bool:
-    """True when this machine does bfloat16 matrix multiplies natively."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
-
-
-def compute_dtype(precision: str) -> torch.dtype:
-    """Map a config value (auto | bf16 | fp32) to a torch dtype."""
-    if precision == "auto":
-        return torch.bfloat16 if bf16_supported() else torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp32":
-        return torch.float32
-    raise ConfigError(f"train.precision: expected auto, bf16 or fp32, got {precision!r}")
 
 
 def store_frozen_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
