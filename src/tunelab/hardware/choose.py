@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.errors import ConfigError
-from tunelab.hardware.detect import Hardware, detect
+from tunelab.hardware.machine import Hardware, detect
 
 # Rows (tokens) per step below which int8 weights beat the layer's own weights, per kind of
 # CPU (measured per layer on the default model's shapes): with bfloat16 weights int8 wins up

@@ -95,11 +95,15 @@ def quantize_int8(model: nn.Module, rows: int = 5) -> nn.Module:
 
 
 def quantize_int4(model: nn.Module) -> nn.Module:
-    """Replace every nn.Linear of `model` whose inputs divide into groups of 32 by an Int4Linear.
+    """Replace every nn.Linear of `model` by an Int4Linear where the kernel takes its shape.
 
-    Layers of other widths (and LoRA A/B matrices) keep their weights. Raises ConfigError on a GPU model.
+    That is inputs in groups of 32 and outputs a multiple of 16; layers of other shapes (and
+    LoRA A/B matrices) keep their weights. Raises ConfigError on a GPU model.
     """
-    return _replace(model, lambda linear: Int4Linear(linear) if linear.in_features % GROUP == 0 else linear, "int4")
+    def make(linear: nn.Linear) -> nn.Module:
+        return Int4Linear(linear) if linear.in_features % GROUP == 0 and linear.out_features % 16 == 0 else linear
+
+    return _replace(model, make, "int4")
 
 
 def _replace(model: nn.Module, make, name: str) -> nn.Module:
