@@ -108,12 +108,14 @@ def hf_generate(prompts: list[str], n: int) -> dict:
 
 def describe(engine) -> str:
     """Which path an engine is: llama.cpp, or transformers with int8/int4/float weights."""
+    import torch
+
     from tunelab.infer.quantize import Int4Linear, Int8Linear
 
     if type(engine).__name__ != "TransformersEngine":
         return "llama.cpp"
     modules = list(engine.model.modules())
-    dtype = str(next(engine.model.parameters()).dtype).replace("torch.float32", "fp32").replace("torch.bfloat16", "bf16")
+    dtype = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(next(engine.model.parameters()).dtype, "other")
     if any(isinstance(m, Int4Linear) for m in modules):
         return "int4"
     int8 = [m for m in modules if isinstance(m, Int8Linear)]
@@ -221,7 +223,7 @@ def measure(loop: str, path: str, env: dict, quick: bool, streams: int = 1) -> d
 def run_kind(name: str, env: dict, quick: bool, parts: set[str]) -> dict:
     """Every path of every hot loop on one kind of CPU."""
     kind = subprocess.run([sys.executable, "-c", "from tunelab.hardware import detect; print(detect().line())"],
-                          env=env, capture_output=True, text=True, cwd=str(ROOT)).stdout.strip()
+                          env=env, capture_output=True, text=True, cwd=str(ROOT), check=False).stdout.strip()
     print(f"\n== {name}: {kind}", flush=True)
     loops: dict[str, dict] = {"hardware": kind}
     plan = []

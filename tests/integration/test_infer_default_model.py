@@ -58,3 +58,21 @@ def test_speculative_answers_equal_plain_answers(draft):
     plain = generate(load_engine(dtype="fp32", quantize=None), [Request(p, cfg) for p in PROMPTS])
     fast = generate(load_engine(dtype="fp32", quantize=None, draft=draft), [Request(p, cfg) for p in PROMPTS])
     assert [c.text for c in fast] == [c.text for c in plain]
+
+
+def test_one_stream_of_the_default_model_takes_the_fastest_built_path():
+    """`tunelab chat`'s engine: llama.cpp on the packaged GGUF with a thread per core where it is built,
+    else the transformers engine."""
+    from tunelab import hardware
+
+    engine = load_engine(max_batch_size=1)
+    try:
+        answer = generate(engine, [Request(PROMPTS[0], DecodingConfig(max_new_tokens=12))])[0]
+        assert answer.text.strip()
+        if hardware.llamacpp_decode():
+            assert type(engine).__name__ == "LlamaCppEngine"
+            assert engine.llm.n_threads == hardware.threads()
+        else:
+            assert type(engine).__name__ == "TransformersEngine"
+    finally:
+        engine.close()

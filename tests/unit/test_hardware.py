@@ -46,7 +46,7 @@ def machine(monkeypatch):
 
 def run_python(code: str, env: dict) -> str:
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
-                         timeout=300)
+                         check=False, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 

@@ -144,13 +144,15 @@ def _cpu() -> tuple[str, str, set[str]]:
         if vendor == "Apple":
             flags |= {"asimd", "bf16", "i8mm"} if _sysctl("hw.optional.arm.FEAT_BF16") == "1" else {"asimd"}
         else:
-            flags |= set((_sysctl("machdep.cpu.features") + " " + _sysctl("machdep.cpu.leaf7_features")).lower().split())
+            features = _sysctl("machdep.cpu.features") + " " + _sysctl("machdep.cpu.leaf7_features")
+            flags |= set(features.lower().split())
     return vendor or "unknown", model or platform.processor() or platform.machine(), flags
 
 
 def _sysctl(name: str) -> str:
     try:
-        return subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5).stdout.strip()
+        return subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5,
+                              check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
