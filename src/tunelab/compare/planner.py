@@ -324,9 +324,9 @@ def _machine_mb() -> float | None:
 
 
 def _cpu_name() -> str:
-    from tunelab.compare.probe import cpu_model
+    from tunelab.compare.probe import _threads, cpu_model
 
-    return f"this machine ({cpu_model()}, {os.cpu_count()} threads)"
+    return f"this machine ({cpu_model()}, {_threads()} threads)"
 
 
 # ---------------------------------------------------------------- steps and FLOPs

@@ -32,7 +32,7 @@ def achieved_tflops(cfg: RunConfig, skeleton, rows: tuple[int, int],
     batch, length = rows[0], max(8, min(rows[1], MAX_PROBE_LENGTH))
     dtype = str(compute_dtype(cfg.train.precision)).replace("torch.", "")
     key = "|".join([PROBE_VERSION, cfg.model.name, cfg.method_name, cfg.objective_name, dtype,
-                    f"{batch}x{_bucket(length)}", cpu_model(), str(_threads())])
+                    f"{batch}x{_bucket(length)}", cpu_model(), str(_threads())])  # the caps too: see cpu_model
     cache = _cache_file()
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     if isinstance(known.get(key), dict):
@@ -156,14 +156,12 @@ def _threads() -> int:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu"
+    """The CPU's model name and kind, with any instruction-set caps (an AVX2-capped AVX-512 CPU is
+    another machine for speed)."""
+    from tunelab.hardware import detect
+
+    hw = detect()
+    return " ".join([hw.model, f"({hw.kind})", *hw.limits])
 
 
 def _cache_file() -> Path:

@@ -90,10 +90,12 @@ def convert(hf_folder: Path, out: Path, outtype: str, tools: Path) -> None:
 
 def quantize_gguf(source: Path, out: Path, quant: str, threads: int | None = None) -> None:
     """llama.cpp's quantizer (`llama_model_quantize`) from one GGUF file to another of type `quant`."""
+    from tunelab.hardware import threads as core_threads
+
     llama_cpp = _llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.upper()}")
-    params.nthread = threads or os.cpu_count() or 1
+    params.nthread = threads or core_threads()
     if llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params) != 0:
         raise ModelError(f"llama.cpp could not quantize {source} to {quant}")
 
