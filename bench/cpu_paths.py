@@ -293,7 +293,8 @@ def main() -> None:
         "tok_s" in avx2.get("hf", {}) else float("nan")
     figures = {f"auto_vs_best_{k}": round(min(v), 3) if v else float("nan") for k, v in ratios.items()}
     figures["decode_vs_hf_avx2"] = round(vs_hf, 2)
-    save("cpu_paths-" + args.hardware.replace(",", "-"), {**figures, "paths": results}, quick=args.quick)
+    save("cpu_paths", {**figures, "hardware_measured": args.hardware, "paths": results}, quick=args.quick,
+         tag=args.hardware.replace(",", "-"))
     print(" ".join(f"{k}={v}" for k, v in figures.items()))
 
 

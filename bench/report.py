@@ -35,14 +35,14 @@ def header() -> dict:
     return hw.as_dict()
 
 
-def save(name: str, figures: dict, quick: bool = False) -> Path:
-    """Write the figures with the hardware, the command and the date to bench/results/NAME[-quick]-KIND.json."""
+def save(name: str, figures: dict, quick: bool = False, tag: str = "") -> Path:
+    """Write the figures with the hardware, the command and the date to bench/results/NAME[-TAG][-quick]-KIND.json."""
     from tunelab.hardware import detect
 
     hw = detect()
     kind = hw.kind.lower().replace(" ", "-") + ("-capped" if hw.limits else "")
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}{'-quick' if quick else ''}-{kind}.json"
+    path = RESULTS / f"{name}{'-' + tag if tag else ''}{'-quick' if quick else ''}-{kind}.json"
     staging = path.with_suffix(".json.tmp")
     staging.write_text(json.dumps({"bench": name, "command": " ".join(["python", *sys.argv]),
                                    "date": time.strftime("%Y-%m-%d %H:%M"), "quick": quick,
