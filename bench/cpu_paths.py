@@ -11,7 +11,9 @@ bench/report.py), on the default model (SmolLM2-135M-Instruct):
 - LoRA training: tunelab `sft` + `lora` on the built-in requests-to-JSON data, float32
   against bfloat16 autocast; tokens/s from the run's own metrics, first step excluded;
 - choice scoring: `ending_loglikelihoods` over requests-to-JSON intent questions (three
-  endings each), float32 against bfloat16; scored tokens/s.
+  endings each), float32 against bfloat16; scored tokens/s;
+- quality (this machine only): wikitext-2 perplexity of the exact weights against int8
+  and int4, what those decode paths cost.
 
 Each path runs in its own process with a time limit: a path that cannot finish there (bfloat16
 where it is emulated) is reported as an upper bound ("<x") from the work it had not finished.
@@ -190,6 +192,30 @@ def child(args) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def quality(chars: int) -> dict:
+    """What the decode paths cost in accuracy: wikitext-2 perplexity, exact weights against int8 and int4."""
+    import torch
+
+    from tunelab.eval.perplexity import document_nll, perplexity_metrics
+    from tunelab.hardware import compute_dtype
+    from tunelab.infer.quantize import quantize_int4, quantize_int8
+    from tunelab.models import load_model
+
+    file = ROOT.parent / "shared" / "data" / "wikitext2" / "valid.txt"
+    if not file.is_file():
+        print(f"quality skipped: {file} is missing")
+        return {}
+    docs = [file.read_text(encoding="utf-8")[:chars]]
+    ppl = {}
+    for path, change in (("exact", None), ("int8", lambda m: quantize_int8(m, rows=1 << 30)), ("int4", quantize_int4)):
+        model, tokenizer = load_model("smollm2-135m-instruct", dtype=compute_dtype("auto"))
+        with torch.inference_mode():
+            model = change(model) if change else model  # int8 for every row, as decoding uses it
+            ppl[path] = perplexity_metrics(docs, document_nll(model, tokenizer, docs, 512, 512))["perplexity"]
+    print(f"\nwikitext-2 perplexity ({chars} characters): " + ", ".join(f"{k} {v:.3f}" for k, v in ppl.items()))
+    return {f"{q}_ppl_rel": round(ppl[q] / ppl["exact"] - 1, 4) for q in ("int8", "int4")}
+
+
 # ---- parent: every path, each in a child with a time limit ---------------------------------------------------
 
 def measure(loop: str, path: str, env: dict, quick: bool, streams: int = 1) -> dict:
@@ -263,7 +289,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer tokens, steps and questions; shorter limits")
     parser.add_argument("--hardware", default="native,avx2", help="native, avx2 or both (comma-separated)")
-    parser.add_argument("--parts", default="decode,train,score")
+    parser.add_argument("--parts", default="decode,train,score,quality")
     parser.add_argument("--emulate-avx2", action="store_true", help="run everything under the AVX2 caps")
     parser.add_argument("--child", choices=("decode", "train", "score"), help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
@@ -293,7 +319,8 @@ def main() -> None:
         "tok_s" in avx2.get("hf", {}) else float("nan")
     figures = {f"auto_vs_best_{k}": round(min(v), 3) if v else float("nan") for k, v in ratios.items()}
     figures["decode_vs_hf_avx2"] = round(vs_hf, 2)
-    save("cpu_paths", {**figures, "hardware_measured": args.hardware, "paths": results}, quick=args.quick,
+    accuracy = quality(20_000 if args.quick else 60_000) if "quality" in parts else {}
+    save("cpu_paths", {**figures, **accuracy, "hardware_measured": args.hardware, "paths": results}, quick=args.quick,
          tag=args.hardware.replace(",", "-"))
     print(" ".join(f"{k}={v}" for k, v in figures.items()))
 
