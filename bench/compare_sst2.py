@@ -24,15 +24,21 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import header, save
+
 ROOT = Path(__file__).resolve().parents[1]
+FULL = {"budget": 45.0, "limit_train": 2000}  # a run below these (or with --limit-test) is saved as a quick one
 
 
 def main() -> int:
+    header()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=45.0, help="minutes for every route together")
     parser.add_argument("--limit-train", type=int, default=2000)
     parser.add_argument("--limit-test", type=int, default=None, help="default: all 872 dev sentences")
     parser.add_argument("--output-dir", default=None, help="default: a temporary folder")
+    parser.add_argument("--emulate-avx2", action="store_true",
+                        help="re-run with torch/oneDNN/MKL capped at AVX2 (see bench/report.py)")
     args = parser.parse_args()
 
     os.chdir(ROOT)  # the example names its data relative to the project root
@@ -40,12 +46,12 @@ def main() -> int:
         print("../shared/data/sst2 is missing: this benchmark needs the shared SST-2 data", file=sys.stderr)
         return 1
     import tunelab
-    from tunelab.compare.probe import cpu_model
     from tunelab.compare.task import load_task
-    from tunelab.training.precision import bf16_supported
+    from tunelab.hardware import bf16_native
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} threads, "
-          f"{'native bf16' if bf16_supported() else 'no native bf16 (fp32)'}")
+    # the hardware line above names the CPU; routes train and score in the precision it allows
+    native = bf16_native()
+    print("precision auto: " + ("bf16 (native on this CPU)" if native else "fp32 (bfloat16 is emulated on this CPU)"))
 
     output = args.output_dir or tempfile.mkdtemp(prefix="compare-sst2-")
     settings = [f"constraints.budget_minutes={args.budget}", f"limit_train={args.limit_train}",
@@ -64,8 +70,13 @@ def main() -> int:
     print(f"recommended within 2 points of the best: {close}; at under a tenth of its cost: {cheap} "
           f"({cost(chosen):.0f} s against {cost(best):.0f} s)")
     print(f"within the budget plus 10%: {wall <= 1.1 * task.constraints.budget_minutes * 60}")
+    figures = {"routes": len(ok), "best": rec["best"], "best_acc": best["value"], "recommended": rec["recommended"],
+               "recommended_acc": chosen["value"], "wall_s": wall, "budget_s": task.constraints.budget_minutes * 60,
+               "details": {"routes": report.routes}}
+    smaller = args.budget < FULL["budget"] or args.limit_train < FULL["limit_train"] or args.limit_test is not None
+    save("compare_sst2", figures, quick=smaller)
     print(f"routes={len(ok)} best={rec['best']} best_acc={best['value']:.4f} recommended={rec['recommended']} "
-          f"recommended_acc={chosen['value']:.4f} wall_s={wall:.0f} budget_s={task.constraints.budget_minutes * 60:.0f}")
+          f"recommended_acc={chosen['value']:.4f} wall_s={wall:.0f} budget_s={figures['budget_s']:.0f}")
     return 0
 
 

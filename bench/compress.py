@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import os
 import sys
 import tempfile
 import time
@@ -34,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext2" / "valid.txt"
 sys.path.insert(0, str(ROOT / "bench"))
+
+from report import header, save  # noqa: E402  (bench/ is on the path from here)
 
 METHODS = ("naive-absmax-int8-channel", "naive-absmax-int4-group", "naive-zeropoint-int4-group", "bnb-int8", "bnb-nf4",
            "torchao-int8", "torchao-int4", "autoround-int4")
@@ -126,10 +127,13 @@ def gguf_perplexity(path: Path, documents: list[str], tokenizer, window: int = 5
 
 
 def main() -> int:
+    header()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default=str(ROOT / "runs"))
     parser.add_argument("--wikitext-lines", type=int, default=600)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--emulate-avx2", action="store_true",
+                        help="re-run with torch/oneDNN/MKL capped at AVX2 (see bench/report.py)")
     args = parser.parse_args()
     if not WIKITEXT.is_file():
         print(f"{WIKITEXT} is missing: this benchmark needs the shared WikiText-2 data", file=sys.stderr)
@@ -137,7 +141,6 @@ def main() -> int:
     import torch
 
     from merge_tasks import demo_run
-    from tunelab.compare.probe import cpu_model
     from tunelab.compress import gguf
     from tunelab.compress.hf import export_hf
     from tunelab.compress.quantize import QuantizeConfig, load_any, perplexity, quantize_source
@@ -148,7 +151,6 @@ def main() -> int:
     from tunelab.demo.requests import make_examples
 
     torch.manual_seed(0)
-    print(f"machine: {cpu_model()}, {os.cpu_count()} threads", flush=True)
     t0 = time.time()
     source = open_source(demo_run(Path(args.runs)))
     docs = wikitext_documents(args.wikitext_lines)
@@ -229,6 +231,10 @@ def main() -> int:
         print(f"| {name} | {r['size_mb']:.0f} | {r['ppl']:.2f} | {r['ppl'] / ppl_ref - 1:+.2%} | "
               f"{r['field_acc']:.1f} | {r['tok_s']:.1f} |")
     rel = lambda name: rows[name]["ppl"] / ppl_ref - 1 if "ppl" in rows.get(name, {}) else float("nan")
+    save("compress", {"merge_max_abs_diff": diff, "gguf_token_agreement": check.token_agreement,
+                      "q8_ppl_rel": rel("naive-absmax-int8-channel"), "q4_rtn_ppl_rel": rel("naive-absmax-int4-group"),
+                      "q4_calibrated_ppl_rel": rel("autoround-int4"), "gguf_q4_tok_s_ratio_vs_hf": ratio,
+                      "details": {"engine_tok_s": engine_tok_s, "models": rows}})
     print(f"merge_max_abs_diff={diff:.2e} gguf_token_agreement={check.token_agreement:.3f} "
           f"q8_ppl_rel={rel('naive-absmax-int8-channel'):.4f} q4_rtn_ppl_rel={rel('naive-absmax-int4-group'):.4f} "
           f"q4_calibrated_ppl_rel={rel('autoround-int4'):.4f} gguf_q4_tok_s_ratio_vs_hf={ratio:.2f}")

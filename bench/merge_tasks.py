@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+
+from report import header, save
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sst2"
@@ -107,16 +108,18 @@ def score(model, tokenizer, json_examples: list[dict], sst2: list[dict]) -> dict
 
 
 def main() -> None:
+    header()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default=str(ROOT / "runs"))
     parser.add_argument("--sst2-dev", type=int, default=300)
+    parser.add_argument("--emulate-avx2", action="store_true",
+                        help="re-run with torch/oneDNN/MKL capped at AVX2 (see bench/report.py)")
     args = parser.parse_args()
     from tunelab.compress.merge import merge
     from tunelab.config import DEFAULT_MODEL
     from tunelab.demo.requests import make_examples
     from tunelab.models import load_model, load_run
-    from tunelab.training.precision import compute_dtype
-    from tunelab.compare.probe import cpu_model
+    from tunelab.hardware import compute_dtype
 
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
@@ -145,16 +148,18 @@ def main() -> None:
             loader = load_run if (out / "config.yaml").is_file() else load_model
             measure(name, loader(str(out), dtype=dtype))
             results[name]["merge_s"] = round(seconds, 1)
-    print(f"\nmachine: {cpu_model()}, {os.cpu_count()} threads; {time.time() - t0:.0f} s")
+    print(f"\n{time.time() - t0:.0f} s in all; dtype {str(dtype).removeprefix('torch.')}")
     print("| model | JSON field accuracy (%) | SST-2 accuracy (%) | mean |")
     print("|---|---:|---:|---:|")
     for name, r in results.items():
         print(f"| {name} | {r['json_field_acc']} | {r['sst2_acc']} | {(r['json_field_acc'] + r['sst2_acc']) / 2:.1f} |")
     merges = {k: v for k, v in results.items() if k not in ("base", "run: json", "run: sst2")}
     best = max(merges, key=lambda k: merges[k]["json_field_acc"] + merges[k]["sst2_acc"])
-    pairs = " ".join(f"{k.replace('run: ', 'run_')}_json={v['json_field_acc']} {k.replace('run: ', 'run_')}_sst2="
-                     f"{v['sst2_acc']}" for k, v in results.items())
-    print(f"{pairs} best_merge={best}")
+    pairs = {f"{k.replace('run: ', 'run_')}_{task}": v[metric] for k, v in results.items()
+             for task, metric in (("json", "json_field_acc"), ("sst2", "sst2_acc"))}
+    pairs["best_merge"] = best
+    save("merge_tasks", {**pairs, "details": {"dtype": str(dtype).removeprefix("torch."), "models": results}})
+    print(" ".join(f"{k}={v}" for k, v in pairs.items()))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from report import header, save
+
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 SMOL, MINILM = "smollm2-135m-instruct", "all-minilm-l6-v2"
@@ -110,12 +112,15 @@ def row(name: str, s: dict) -> str:
 
 
 def main() -> None:
+    header()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--train-examples", type=int, default=2000)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--only", default="", help="comma-separated row names (or a prefix of them)")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-sst2"))
+    p.add_argument("--emulate-avx2", action="store_true",
+                   help="re-run with torch/oneDNN/MKL capped at AVX2 (see bench/report.py)")
     args = p.parse_args()
     if not SST2.is_dir():
         sys.exit(f"{SST2}: the shared SST-2 data is missing; this benchmark needs ../shared/data/sst2")
@@ -126,9 +131,9 @@ def main() -> None:
     names = [n for n in RUNS if not wanted or any(n.startswith(w) for w in wanted)]
     print(f"SST-2: {args.train_examples} train sentences (seed {args.seed}), {args.epochs:g} epoch(s), batch 16; "
           "dev 872 sentences\n", flush=True)
-    header = ("| method | dev acc % | trainable params | wall s | train tokens/s | peak RSS MB | artifact bytes |\n"
-              "|---|---:|---:|---:|---:|---:|---:|")
-    print(header, flush=True)
+    table_head = ("| method | dev acc % | trainable params | wall s | train tokens/s | peak RSS MB | artifact bytes |\n"
+                  "|---|---:|---:|---:|---:|---:|---:|")
+    print(table_head, flush=True)
     saved = out / "results.json"  # rows of earlier runs into the same folder are kept (rerun one with --only)
     results = json.loads(saved.read_text()) if saved.is_file() else {}
     probe_seconds = results.get("probe (mean-pooled)", {}).get("cached_process_s")
@@ -143,11 +148,14 @@ def main() -> None:
                 probe_seconds = again.get("process_s")
         print(row(name, results[name]), flush=True)
         saved.write_text(json.dumps(results, indent=2))
-    print("\n" + header)
+    print("\n" + table_head)
     for name in (n for n in RUNS if n in results):
         print(row(name, results[name]))
     lora = results.get("lora", {}).get("accuracy")
     done = sum(1 for r in results.values() if not r.get("failed"))
+    smaller = args.train_examples < 2000 or args.epochs < 1  # a quick look, not the full table
+    save("methods_sst2", {"lora_dev_acc": lora, "probe_seconds": probe_seconds, "methods": done, "details": results},
+         quick=smaller)
     print(f"\nlora_dev_acc={lora if lora is not None else 'nan'} "
           f"probe_seconds={probe_seconds if probe_seconds is not None else 'nan'} methods={done}")
 

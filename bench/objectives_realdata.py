@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from report import header, save
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = Path(__file__).with_name("objectives_results.json")
@@ -94,11 +96,14 @@ def figures(results: dict) -> dict:
 
 
 def main() -> None:
+    header()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(STAGES), help="comma-separated stages")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench-objectives"))
     parser.add_argument("--collect", action="store_true",
                         help="do not train: read the summaries of stage runs already finished in --out")
+    parser.add_argument("--emulate-avx2", action="store_true",
+                        help="re-run with torch/oneDNN/MKL capped at AVX2 (see bench/report.py)")
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"real data folder {DATA} is missing; this benchmark needs the shared datasets")
@@ -108,7 +113,10 @@ def main() -> None:
             raise SystemExit(f"unknown stage {name}; choose from {', '.join(STAGES)}")
         summary = run_stage(name, Path(args.out), results, args.collect)
         print(f"{name}: {json.dumps({k: v for k, v in summary.items() if k != 'data'})}", flush=True)
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in figures(results).items()))
+    headline = figures(results)
+    stages = {name: {k: v for k, v in summary.items() if k != "data"} for name, summary in results.items()}
+    save("objectives_realdata", {**headline, "details": stages})
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in headline.items()))
 
 
 if __name__ == "__main__":

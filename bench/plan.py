@@ -36,6 +36,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from report import header, save
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 SEED_TASKS = DATA / "self_instruct" / "seed_tasks.jsonl"
@@ -87,17 +89,20 @@ def run(name: str, settings: list[str], out: Path) -> dict:
 
 
 def main() -> None:
+    header()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated config names")
+    parser.add_argument("--emulate-avx2", action="store_true",
+                        help="re-run with torch/oneDNN/MKL capped at AVX2 (see bench/report.py)")
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"{DATA}: the shared data folder is missing; this benchmark reads real data from it")
     names = [n for n in CONFIGS if not args.only or n in args.only.split(",")]
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "cpu")
-    flags = Path("/proc/cpuinfo").read_text()
-    native = "native bf16" if "avx512_bf16" in flags or "amx_bf16" in flags else "no native bf16 (fp32)"
-    print(f"machine: {cpu}, {os.cpu_count()} threads, {native}")
+    from tunelab.hardware import bf16_native
+
+    # the hardware line above names the CPU; the runs train (and the plan predicts) in the precision it allows
+    native = bf16_native()
+    print("precision auto: " + ("bf16 (native on this CPU)" if native else "fp32 (bfloat16 is emulated on this CPU)"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
@@ -112,6 +117,7 @@ def main() -> None:
               f"{r['time_pred']:.1f} s | {r['time_meas']:.1f} s | {r['time_err']:+.1%} |")
     rss = max(abs(r["rss_err"]) for r in rows)
     time_err = max(abs(r["time_err"]) for r in rows)
+    save("plan", {"plan_rss_max_err": rss, "plan_time_max_err": time_err, "configs": len(rows), "details": rows})
     print(f"plan_rss_max_err={rss:.3f} plan_time_max_err={time_err:.3f} configs={len(rows)}")
 
 

@@ -20,9 +20,13 @@
 
     python bench/rag.py                  # about 6 minutes on 2 CPU cores
     python bench/rag.py --parts c        # one part
+    python bench/rag.py --quick          # 5 answers, 200 ingest chunks, 10,000 chunks x 50 queries: about 1.5 min
+    python bench/rag.py --emulate-avx2 --quick   # as an AVX2-only CPU computes (bench/report.py):
+                                                 # float32 embedding, an estimated 2-3 minutes
 
 The last line: recall5_dense=<x> recall5_bm25=<x> recall5_hybrid=<x> ingest_chunks_per_s=<x>
-query_p95_ms_100k=<x> (tunelab dense, query embedding included) p95_ratio_vs_numpy=<x>.
+query_p95_ms_100k=<x> (tunelab dense, query embedding included) p95_ratio_vs_numpy=<x>; with --quick
+query_p95_ms_100k is measured at --chunks (10,000).
 """
 
 from __future__ import annotations
@@ -38,8 +42,12 @@ from pathlib import Path
 
 import numpy as np
 
+from report import header, save
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 XQUAD = DATA / "xquad_en" / "dev.jsonl"
+FULL = {"answers": 50, "ingest_chunks": 2000, "chunks": 100_000, "queries": 200}
+QUICK = {"answers": 5, "ingest_chunks": 200, "chunks": 10_000, "queries": 50}  # the same comparisons, smaller
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -70,7 +78,7 @@ def part_a(work: Path, n_answers: int) -> dict:
         from tunelab.infer.load import load_engine
         from tunelab.rag import RagConfig, RagPipeline
 
-        engine = load_engine(None, max_batch_size=8)
+        engine = load_engine(None, backend="transformers", max_batch_size=8)  # the judge below reads its model
         pipeline = RagPipeline(store, engine, RagConfig(retrieval=RetrievalConfig(mode="hybrid", k=3),
                                                         decoding={"max_new_tokens": 64}))
         questions = read_qa(XQUAD, n_answers)
@@ -209,13 +217,21 @@ def part_c(work: Path, n: int, n_queries: int) -> dict:
 
 
 def main() -> None:
+    header()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="abc")
-    parser.add_argument("--answers", type=int, default=50, help="questions answered by the model in part a")
-    parser.add_argument("--ingest-chunks", type=int, default=2000)
-    parser.add_argument("--chunks", type=int, default=100_000)
-    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--answers", type=int, help="questions answered by the model in part a (default 50; "
+                        "--quick 5)")
+    parser.add_argument("--ingest-chunks", type=int, help="default 2,000; --quick 200")
+    parser.add_argument("--chunks", type=int, help="store size in part c (default 100,000; --quick 10,000)")
+    parser.add_argument("--queries", type=int, help="default 200; --quick 50")
+    parser.add_argument("--quick", action="store_true", help="every part at the --quick sizes above (minutes)")
+    parser.add_argument("--emulate-avx2", action="store_true",
+                        help="re-run with torch/oneDNN/MKL capped at AVX2 (see bench/report.py)")
     args = parser.parse_args()
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:  # given options win over the mode's sizes
+            setattr(args, key, value)
     if not XQUAD.is_file():
         sys.exit(f"{XQUAD} is missing: this benchmark needs ../shared/data beside the project")
     work = Path(tempfile.mkdtemp(prefix="tunelab-rag-bench-"))
@@ -231,6 +247,10 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     keys = ["recall5_dense", "recall5_bm25", "recall5_hybrid", "ingest_chunks_per_s", "query_p95_ms_100k",
             "p95_ratio_vs_numpy"]
+    sizes = {k: getattr(args, k) for k in FULL}
+    details = {"sizes": sizes, **{k: v for k, v in figures.items() if k not in keys}}
+    smaller = any(sizes[k] < FULL[k] for k in FULL)  # any part below the full sizes
+    save("rag", {**{k: figures[k] for k in keys if k in figures}, "details": details}, quick=args.quick or smaller)
     print(" ".join(f"{k}={figures[k]:.4g}" if isinstance(figures[k], float) else f"{k}={figures[k]}"
                    for k in keys if k in figures))
 

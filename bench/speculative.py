@@ -1,11 +1,12 @@
 """Speculative decoding on the default model: speed against plain greedy decoding, same loop.
 
-Both sides are transformers' `generate` on the same bfloat16 model object, greedy, 128
-new tokens: plain, then with each draft (the target's first N layers as an early-exit
+Both sides are transformers' `generate` on the same model object, greedy, 128 new tokens, in
+tunelab's auto precision by default (bfloat16 where the CPU computes it natively, else float32):
+plain, then with each draft (the target's first N layers as an early-exit
 draft; prompt lookup). Two kinds of prompt: open questions (the answer is new text) and
 edits (the answer mostly copies the prompt, as in extraction or rewriting).
 
-    python bench/speculative.py               # bfloat16, about 4 minutes on 2 CPU cores
+    python bench/speculative.py               # precision auto, about 4 minutes on 2 CPU cores (AVX512-BF16)
     python bench/speculative.py --dtype fp32  # float32: answers must be token for token the plain ones
 
 The last line: speedup_layers=<x> speedup_ngram_open=<x> speedup_ngram_edit=<x> identical=<0|1>
@@ -16,11 +17,7 @@ from __future__ import annotations
 import os
 import time
 
-import torch
-
-from tunelab.infer.generate import prompt_text
-from tunelab.infer.speculative import draft_kwargs, truncated_draft
-from tunelab.models import load_model
+from report import header, save
 
 OPEN = ["Explain how a refrigerator works.", "Write a short story about a robot who learns to paint."]
 EDIT = [
@@ -33,15 +30,33 @@ NEW_TOKENS, LAYERS = 128, 8
 
 
 def main() -> None:
+    header()
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="auto: bf16 where the CPU computes it natively, else fp32")
+    parser.add_argument("--emulate-avx2", action="store_true",
+                        help="re-run with torch/oneDNN/MKL capped at AVX2 (see bench/report.py)")
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    model, tok = load_model("smollm2-135m-instruct", dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    import torch  # after header(): under --emulate-avx2 the process re-runs before loading anything heavy
+
+    from tunelab.hardware import bf16_native, compute_dtype
+    from tunelab.infer.generate import prompt_text
+    from tunelab.infer.speculative import draft_kwargs, truncated_draft
+    from tunelab.models import load_model
+
+    dtype = compute_dtype(args.dtype, key="--dtype")
+    if dtype == torch.bfloat16:
+        why = "bfloat16 (native on this CPU)" if bf16_native() else "bfloat16 (emulated on this CPU: slow)"
+    else:
+        why = "float32 (bfloat16 is emulated on this CPU)" if args.dtype == "auto" else "float32 (as asked)"
+    print(f"dtype: {why}", flush=True)
+    model, tok = load_model("smollm2-135m-instruct", dtype=dtype)
     model.eval()
-    drafts = {"none": {}, f"layers:{LAYERS}": draft_kwargs(truncated_draft(model, LAYERS)), "ngram": draft_kwargs("ngram")}
+    drafts = {"none": {}, f"layers:{LAYERS}": draft_kwargs(truncated_draft(model, LAYERS)),
+              "ngram": draft_kwargs("ngram")}
     results, outputs = {}, {}
     with torch.inference_mode():
         for kind, prompts in (("open", OPEN), ("edit", EDIT)):
@@ -68,8 +83,14 @@ def main() -> None:
     layers = f"layers:{LAYERS}"
     speedup_layers = (results[("open", layers)] / results[("open", "none")]
                       + results[("edit", layers)] / results[("edit", "none")]) / 2
-    print(f"speedup_layers={speedup_layers:.2f} speedup_ngram_open={results[('open', 'ngram')] / results[('open', 'none')]:.2f} "
-          f"speedup_ngram_edit={results[('edit', 'ngram')] / results[('edit', 'none')]:.2f} identical={int(identical)}")
+    figures = {"speedup_layers": speedup_layers,
+               "speedup_ngram_open": results[("open", "ngram")] / results[("open", "none")],
+               "speedup_ngram_edit": results[("edit", "ngram")] / results[("edit", "none")],
+               "identical": int(identical)}
+    tok_s = {f"{kind} {draft}": rate for (kind, draft), rate in results.items()}
+    details = {"dtype": str(dtype).removeprefix("torch."), "tok_s": tok_s}
+    save("speculative", {**figures, "details": details}, tag="" if args.dtype == "auto" else args.dtype)
+    print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
 
 
 if __name__ == "__main__":

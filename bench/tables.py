@@ -18,7 +18,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def headline(figures: dict) -> str:
     """The scalar figures, as the last line prints them."""
-    return " ".join(f"{k}={v}" for k, v in figures.items() if isinstance(v, (int, float, str)))
+    return " ".join(f"{k}={round(v, 4) if isinstance(v, float) else v}" for k, v in figures.items()
+                    if isinstance(v, (int, float, str)))
 
 
 def main() -> None:

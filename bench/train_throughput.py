@@ -6,12 +6,12 @@ epoch, batch 8, max length 512, seed 42, lr 2e-4 cosine with 3% warmup (tunelab'
 defaults, given to trl too so the losses are comparable):
 
   a          tunelab `sft` + `lora` with its defaults (r=16, alpha=32, all-linear,
-             precision auto = bf16 on this CPU, group_by_length)
+             precision auto = bf16 where the CPU computes it natively, else fp32, group_by_length)
   b          trl SFTTrainer + peft LoraConfig of the same rank, alpha and targets, set up
              as the trl docs do (SFTConfig defaults, so gradient checkpointing on), float32
              (bf16=False), no packing
-  c_nopack   as b with bf16=True
-  c_pack     as b with bf16=True, packing=True (trl's default "bfd" strategy)
+  c_nopack   as b with bf16=True (where bf16 is native; elsewhere it runs fp32, as the table says)
+  c_pack     as b with bf16=True, packing=True (trl's default "bfd" strategy; same bf16 rule)
   (c)        the faster of c_nopack and c_pack
   x          (informational, not in the default run) as c_nopack with gradient
              checkpointing off: trl without its slowest default
@@ -33,7 +33,9 @@ assistant_only_loss needs a template with {% generation %} markers, which SmolLM
 Command (about 30 minutes on 2 CPU cores):
 
     python bench/train_throughput.py                          # the full spec
-    python bench/train_throughput.py --examples 16 --variants a,b   # quick check
+    python bench/train_throughput.py --quick                  # a, b on 16 examples, max length 256: about 1 minute
+    python bench/train_throughput.py --emulate-avx2 --quick   # as an AVX2-only CPU computes (bench/report.py):
+                                                              # all float32, an estimated 2 minutes
 
 The last line printed is
     ratio_vs_trl_default=<a/b> ratio_vs_trl_tuned=<a/c> loss_rel_diff=<|loss_a-loss_b|/loss_b>
@@ -42,6 +44,7 @@ The last line printed is
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -51,16 +54,28 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import header, save
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 ALL_VARIANTS = ("a", "b", "c_nopack", "c_pack", "x")
-LABELS = {
-    "a": "tunelab sft+lora defaults",
-    "b": "trl fp32, no packing",
-    "c_nopack": "trl bf16, no packing",
-    "c_pack": "trl bf16, packing",
-    "x": "trl bf16, no packing, no grad ckpt",
-}
+FULL = {"examples": 256, "variants": "a,b,c", "max_length": 512, "wait_idle": 300}
+QUICK = {"examples": 16, "variants": "a,b", "max_length": 256, "wait_idle": 0}  # the same comparison, smaller
+
+
+@functools.cache
+def trl_bf16() -> bool:
+    """Whether the trl "bf16" variants ask for bf16: only where the CPU computes it natively (emulated, it
+    would run 70-600x slower than float32, which measures the emulation, not trl)."""
+    from tunelab.hardware import bf16_native
+
+    return bf16_native()
+
+
+def labels() -> dict[str, str]:
+    half = "trl bf16" if trl_bf16() else "trl fp32 (bf16 not native)"
+    return {"a": "tunelab sft+lora defaults", "b": "trl fp32, no packing", "c_nopack": f"{half}, no packing",
+            "c_pack": f"{half}, packing", "x": f"{half}, no packing, no grad ckpt"}
 
 
 def code_version() -> str:
@@ -167,17 +182,24 @@ def run_trl(conversations: list[list[dict]], work: Path, args, bf16: bool, packi
 
 
 def main() -> None:
+    header()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--examples", type=int, default=256, help="first N GSM8K train examples (default 256)")
-    p.add_argument("--variants", default="a,b,c",
-                   help="comma list of a, b, c (= c_nopack,c_pack), c_nopack, c_pack, x (default a,b,c)")
+    p.add_argument("--examples", type=int, help="first N GSM8K train examples (default 256; --quick 16)")
+    p.add_argument("--variants", help="comma list of a, b, c (= c_nopack,c_pack), c_nopack, c_pack, x "
+                   "(default a,b,c; --quick a,b)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--max-length", type=int, help="default 512; --quick 256")
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--wait-idle", type=float, default=300,
-                   help="before each variant wait up to this many seconds for other processes to go quiet (0: no)")
+    p.add_argument("--wait-idle", type=float, help="before each variant wait up to this many seconds for other "
+                   "processes to go quiet (0: no; default 300, --quick 0)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.add_argument("--quick", action="store_true", help="variants a and b on 16 examples, max length 256 (minutes)")
+    p.add_argument("--emulate-avx2", action="store_true",
+                   help="re-run with torch/oneDNN/MKL capped at AVX2 (see bench/report.py)")
     args = p.parse_args()
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:  # given options win over the mode's sizes
+            setattr(args, key, value)
     wanted = [v for item in args.variants.split(",")
               for v in (["c_nopack", "c_pack"] if item.strip() == "c" else [item.strip()])]
     unknown = [v for v in wanted if v not in ALL_VARIANTS]
@@ -193,16 +215,17 @@ def main() -> None:
         conversations = write_chat_jsonl(args.examples, work / "gsm8k_chat.jsonl")
         print(f"tunelab {code_version()}; data: first {len(conversations)} GSM8K train examples; batch "
               f"{args.batch_size}, max length {args.max_length}, {args.epochs} epoch(s)", flush=True)
+        half = trl_bf16()
         runners = {
             "a": lambda: run_tunelab(work / "gsm8k_chat.jsonl", work, args),
             "b": lambda: run_trl(conversations, work, args, bf16=False, packing=False),
-            "c_nopack": lambda: run_trl(conversations, work, args, bf16=True, packing=False),
-            "c_pack": lambda: run_trl(conversations, work, args, bf16=True, packing=True),
-            "x": lambda: run_trl(conversations, work, args, bf16=True, packing=False, gradient_checkpointing=False),
+            "c_nopack": lambda: run_trl(conversations, work, args, bf16=half, packing=False),
+            "c_pack": lambda: run_trl(conversations, work, args, bf16=half, packing=True),
+            "x": lambda: run_trl(conversations, work, args, bf16=half, packing=False, gradient_checkpointing=False),
         }
         for name in ALL_VARIANTS:
             if name in wanted:
-                print(f"--- {name}: {LABELS[name]}", flush=True)
+                print(f"--- {name}: {labels()[name]}", flush=True)
                 wait_for_quiet(args.wait_idle)
                 before = cpu_ticks()
                 r = runners[name]()
@@ -211,11 +234,12 @@ def main() -> None:
                 results[name] = r
                 print(f"    {r}", flush=True)
 
-    print(f"\n{'variant':<10} {'what':<36} {'tokens':>8} {'runtime_s':>10} {'tokens/s':>9} {'train_loss':>10} "
+    width = max([36] + [len(labels()[name]) for name in results])
+    print(f"\n{'variant':<10} {'what':<{width}} {'tokens':>8} {'runtime_s':>10} {'tokens/s':>9} {'train_loss':>10} "
           f"{'others_cpu':>10}")
     for name, r in results.items():
-        print(f"{name:<10} {LABELS[name]:<36} {r['tokens']:>8} {r['runtime_s']:>10.1f} {r['tokens_per_s']:>9.1f} "
-              f"{r['loss']:>10.4f} {r['others_cpu']:>10.0%}")
+        print(f"{name:<10} {labels()[name]:<{width}} {r['tokens']:>8} {r['runtime_s']:>10.1f} "
+              f"{r['tokens_per_s']:>9.1f} {r['loss']:>10.4f} {r['others_cpu']:>10.0%}")
     print("others_cpu: share of the machine's CPU that other processes used during the variant (should be ~0%)")
     nan = float("nan")
     rate = lambda k: results[k]["tokens_per_s"] if k in results else nan  # noqa: E731
@@ -226,11 +250,14 @@ def main() -> None:
     verdict = lambda ok, value: "n/a" if value != value else ("met" if ok else "MISSED")  # noqa: E731  (nan: not run)
     print(f"(c) = {c_name}; targets: a/b >= 2 {verdict(ratio_b >= 2, ratio_b)}, a/c >= 1.5 "
           f"{verdict(ratio_c >= 1.5, ratio_c)}, loss within 5% of b {verdict(loss_diff <= 0.05, loss_diff)}")
+    headline = {"ratio_vs_trl_default": ratio_b, "ratio_vs_trl_tuned": ratio_c, "loss_rel_diff": loss_diff}
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "code": code_version(),
-                                         "results": results,
-                                         "c": c_name, "ratio_vs_trl_default": ratio_b,
-                                         "ratio_vs_trl_tuned": ratio_c, "loss_rel_diff": loss_diff}, indent=2))
+                                         "results": results, "c": c_name, **headline}, indent=2))
+    details = {"c": c_name, "trl_bf16": trl_bf16(), "examples": len(conversations), "max_length": args.max_length,
+               "code": code_version(), "variants": results}
+    smaller = args.examples < FULL["examples"] or args.max_length < FULL["max_length"]  # not the full spec
+    save("train_throughput", {**headline, "details": details}, quick=args.quick or smaller)
     print(f"ratio_vs_trl_default={ratio_b:.2f} ratio_vs_trl_tuned={ratio_c:.2f} loss_rel_diff={loss_diff:.3f}")
 
 
