@@ -6,7 +6,8 @@ bench/report.py), on the default model (SmolLM2-135M-Instruct):
 - decode, 1 and 8 streams, greedy, a fixed number of new tokens each (ignore_eos): the
   transformers engine with float32 weights, bfloat16 weights, int8 weights (over the
   auto dtype), int4 weights, and the llama.cpp backend (the packaged Q4_1 GGUF) where
-  built; plus `auto` (load_engine's defaults) and, for one stream, plain `model.generate`
+  built (the faster of two timed runs each); plus `auto` (load_engine's defaults) and, for one stream,
+  plain `model.generate`
   of transformers at its defaults (float32), the baseline of decode_vs_hf;
 - LoRA training: tunelab `sft` + `lora` on the built-in requests-to-JSON data, float32
   against bfloat16 autocast; tokens/s from the run's own metrics, first step excluded;
@@ -18,7 +19,7 @@ bench/report.py), on the default model (SmolLM2-135M-Instruct):
 Each path runs in its own process with a time limit: a path that cannot finish there (bfloat16
 where it is emulated) is reported as an upper bound ("<x") from the work it had not finished.
 
-    python bench/cpu_paths.py               # both kinds of CPU, about 25 minutes on 2 cores
+    python bench/cpu_paths.py               # both kinds of CPU, about 18 minutes on 2 cores
     python bench/cpu_paths.py --quick       # about 10 minutes
     python bench/cpu_paths.py --hardware avx2
 
@@ -80,11 +81,13 @@ def decode_child(path: str, streams: int, size: dict) -> dict:
     try:
         generate(engine, [Request(prompts[0], DecodingConfig(max_new_tokens=4, temperature=0))])  # warm-up
         started(len(prompts) * n)
-        start = time.perf_counter()
-        answers = generate(engine, [Request(p, DecodingConfig(max_new_tokens=n, temperature=0, ignore_eos=True))
-                                    for p in prompts])
-        seconds = time.perf_counter() - start
-        return {"tok_s": sum(len(a.token_ids) for a in answers) / seconds, "took": describe(engine)}
+        best = 0.0
+        for _ in range(2):  # the faster of two: these machines are noisy, and noise only ever slows
+            start = time.perf_counter()
+            answers = generate(engine, [Request(p, DecodingConfig(max_new_tokens=n, temperature=0, ignore_eos=True))
+                                        for p in prompts])
+            best = max(best, sum(len(a.token_ids) for a in answers) / (time.perf_counter() - start))
+        return {"tok_s": best, "took": describe(engine)}
     finally:
         engine.close()
 
@@ -102,10 +105,13 @@ def hf_generate(prompts: list[str], n: int) -> dict:
     encoded = [tokenizer(prompt_text(tokenizer, p), return_tensors="pt", add_special_tokens=False) for p in prompts]
     model.generate(**encoded[0], max_new_tokens=4, do_sample=False)
     started(len(prompts) * n)
-    start = time.perf_counter()
-    for enc in encoded:
-        model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-    return {"tok_s": len(prompts) * n / (time.perf_counter() - start), "took": "model.generate fp32"}
+    best = 0.0
+    for _ in range(2):  # the faster of two, as for every path
+        start = time.perf_counter()
+        for enc in encoded:
+            model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        best = max(best, len(prompts) * n / (time.perf_counter() - start))
+    return {"tok_s": best, "took": "model.generate fp32"}
 
 
 def describe(engine) -> str:

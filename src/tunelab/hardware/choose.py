@@ -21,10 +21,11 @@ import torch
 from tunelab.errors import ConfigError
 from tunelab.hardware.machine import Hardware, detect
 
-# Rows (tokens) per step below which int8 weights beat the layer's own weights, per kind of
-# CPU (measured per layer on the default model's shapes): with bfloat16 weights int8 wins up
-# to 4 rows; against float32 weights (AVX2 machines) it wins up to 16.
-INT8_ROWS = {"bf16": 5, "fp32": 17}
+# Rows (tokens) per step below which int8 weights beat the layer's own weights. Measured on the
+# whole default model (bench/cpu_paths.py), 8 streams: int8 264 tok/s against bfloat16 weights'
+# 220 (AVX512-BF16), 162 against float32's 88 (AVX2); at 16 streams int8 and bfloat16 tie.
+# (One layer timed alone, its weights hot in cache, had put the crossing at 5 rows: too low.)
+INT8_ROWS = 17
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,9 @@ def int8_decode(weights: torch.dtype, hw: Hardware | None = None) -> int:
     or vLLM) nor on CPUs where the int8 kernel was never measured (Arm, x86 without AVX2).
     """
     hw = hw or detect()
-    if hw.gpus or hw.arm or "avx2" not in hw.flags:
+    if hw.gpus or hw.arm or "avx2" not in hw.flags or weights not in (torch.bfloat16, torch.float32):
         return 0
-    return INT8_ROWS["bf16" if weights == torch.bfloat16 else "fp32"]
+    return INT8_ROWS
 
 
 @functools.cache

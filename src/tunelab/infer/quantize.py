@@ -6,10 +6,9 @@ is the cost. Both paths use torch's own packed kernels:
 - int8 (`_weight_int8pack_mm`): one scale per output channel (symmetric, absmax). That
   kernel runs row by row, so from some number of rows a step is faster on the layer's own
   weight, which stays in memory for prompts and larger batches (int8 adds a quarter of
-  the float32 size, half of bfloat16's). Where that crossing lies depends on the CPU and
-  the weights' dtype, so `tunelab.hardware.int8_decode` gives it (measured on the default
-  model's shapes: against bfloat16 weights with native bfloat16, int8 wins up to 4 rows;
-  against float32 weights on AVX2, up to 16).
+  the float32 size, half of bfloat16's). `tunelab.hardware.int8_decode` says where that
+  crossing lies (measured on the whole default model: int8 wins up to 8 rows and ties at 16,
+  against bfloat16 weights with native bfloat16 and against float32 weights on AVX2).
 - int4 (`_weight_int4pack_mm_for_cpu`): groups of 32 input channels with a scale and an
   offset each (asymmetric, min-max), the layer's own weight dropped: a sixth of float32's
   memory. Its prompt steps run within 1.5x of bfloat16's; one-row steps, on par with int8.
@@ -84,7 +83,7 @@ class Int4Linear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features).to(self.dtype)
 
 
-def quantize_int8(model: nn.Module, rows: int = 5) -> nn.Module:
+def quantize_int8(model: nn.Module, rows: int = 17) -> nn.Module:
     """Give every nn.Linear of `model` (the output head included) int8 weights for steps under `rows` rows.
 
     LoRA adapters stay in full precision: their base layers are quantized, their small A/B

@@ -413,6 +413,7 @@ def open_engine(model, *, adapters, named, dtype, quantize, draft, max_batch_siz
     """The engine `load_engine` builds: the model (or its adapters on their base), on the GPU when there
     is one, optionally with int8 or int4 weights and a speculative draft."""
     from tunelab.hardware import compute_dtype, int8_decode
+    from tunelab.hardware.choose import INT8_ROWS
     from tunelab.infer.speculative import make_draft
     from tunelab.compress.quantize import is_quantized, load_any
     from tunelab.compress.source import recorded_system_prompt, run_system_prompt
@@ -453,7 +454,7 @@ def open_engine(model, *, adapters, named, dtype, quantize, draft, max_batch_siz
     if quantize == "int8":
         from tunelab.infer.quantize import quantize_int8
 
-        quantize_int8(net, rows or 5)
+        quantize_int8(net, rows or INT8_ROWS)  # asked for where auto would not: the measured crossing
     elif quantize == "int4":
         from tunelab.infer.quantize import quantize_int4
 
