@@ -3,10 +3,12 @@
 On this machine, then under the AVX2 emulation (torch, oneDNN and MKL capped at AVX2, see
 bench/report.py), on the default model (SmolLM2-135M-Instruct):
 
+- matmul: GFLOP/s of a 1024x1024 matmul in float32 and bfloat16, whether bfloat16 is native;
+
 - decode, 1 and 8 streams, greedy, a fixed number of new tokens each (ignore_eos): the
   transformers engine with float32 weights, bfloat16 weights, int8 weights (over the
   auto dtype), int4 weights, and the llama.cpp backend (the packaged Q4_1 GGUF) where
-  built (the faster of two timed runs each); plus `auto` (load_engine's defaults) and, for one stream,
+  built (the fastest of three timed runs each); plus `auto` (load_engine's defaults) and, for one stream,
   plain `model.generate`
   of transformers at its defaults (float32), the baseline of decode_vs_hf;
 - LoRA training: tunelab `sft` + `lora` on the built-in requests-to-JSON data, float32
@@ -24,7 +26,8 @@ where it is emulated) is reported as an upper bound ("<x") from the work it had 
     python bench/cpu_paths.py --hardware avx2
 
 The table says, per CPU kind and hot loop, each path's tokens/s, the one `auto` took, and
-auto's rate over the fastest. Last line:
+auto's rate over the fastest (auto and the path it took are one configuration measured twice;
+the faster of the two counts). Last line:
     auto_vs_best_decode=<x> auto_vs_best_train=<x> auto_vs_best_score=<x> decode_vs_hf_avx2=<x>
 (each auto_vs_best the lowest over both kinds of CPU and, for decode, both stream counts).
 """
@@ -82,7 +85,7 @@ def decode_child(path: str, streams: int, size: dict) -> dict:
         generate(engine, [Request(prompts[0], DecodingConfig(max_new_tokens=4, temperature=0))])  # warm-up
         started(len(prompts) * n)
         best = 0.0
-        for _ in range(2):  # the faster of two: these machines are noisy, and noise only ever slows
+        for _ in range(3):  # the fastest of three: these machines are noisy, and noise only ever slows
             start = time.perf_counter()
             answers = generate(engine, [Request(p, DecodingConfig(max_new_tokens=n, temperature=0, ignore_eos=True))
                                         for p in prompts])
@@ -106,7 +109,7 @@ def hf_generate(prompts: list[str], n: int) -> dict:
     model.generate(**encoded[0], max_new_tokens=4, do_sample=False)
     started(len(prompts) * n)
     best = 0.0
-    for _ in range(2):  # the faster of two, as for every path
+    for _ in range(3):  # the fastest of three, as for every path
         start = time.perf_counter()
         for enc in encoded:
             model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False)
@@ -189,7 +192,9 @@ def child(args) -> None:
 
     torch.manual_seed(0)
     size = SIZES[args.quick]
-    if args.child == "decode":
+    if args.child == "matmul":
+        result = {"tok_s": 0.0, **matmul_rates(), "took": "matmul"}
+    elif args.child == "decode":
         result = decode_child(args.path, args.streams, size)
     elif args.child == "train":
         result = train_child(args.path, size, args.out)
@@ -258,6 +263,9 @@ def run_kind(name: str, env: dict, quick: bool, parts: set[str]) -> dict:
                           env=env, capture_output=True, text=True, cwd=str(ROOT), check=False).stdout.strip()
     print(f"\n== {name}: {kind}", flush=True)
     loops: dict[str, dict] = {"hardware": kind}
+    matmul = measure("matmul", "matmul", env, quick)
+    loops["matmul_gflops"] = {k: matmul.get(k) for k in ("fp32", "bf16")}
+    print(f"  matmul 1024x1024: fp32 {matmul.get('fp32')} GFLOP/s, bf16 {matmul.get('bf16')} GFLOP/s", flush=True)
     plan = []
     if "decode" in parts:
         plan += [(f"decode x{s}", "decode", p, s) for s in (1, 8) for p in (*DECODE, *(("hf",) if s == 1 else ()))]
@@ -280,14 +288,35 @@ def rate(result: dict) -> str:
 
 
 def auto_vs_best(paths: dict) -> tuple[float, str, str]:
-    """(rate of the path auto took / the fastest path's, auto's path, the fastest path)."""
+    """(rate of the path auto took / the fastest path's, auto's path, the fastest path).
+
+    `auto` and the path it took are the same configuration measured twice: its rate is the
+    faster of the two, as each path's is the fastest of its timed runs.
+    """
     measured = {p: r["tok_s"] for p, r in paths.items() if p not in ("auto", "hf") and "tok_s" in r}
     best = max(measured, key=measured.get)
     took = paths["auto"].get("took", "")
     picked = next((p for p in measured if took == p or took.startswith(p)), None)
     if picked is None:
         return float("nan"), took, best
-    return measured[picked] / measured[best], picked, best
+    auto = max(measured[picked], paths["auto"].get("tok_s", 0.0))
+    return auto / max(measured[best], auto), picked, best if measured[best] > auto else picked
+
+
+def matmul_rates() -> dict:
+    """GFLOP/s of a 1024x1024 matmul in float32 and bfloat16: does this CPU compute bfloat16 natively?"""
+    import torch
+
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(1024, 1024, dtype=dtype)
+        a @ a
+        start, n = time.perf_counter(), 0
+        while time.perf_counter() - start < 1.0:
+            a @ a
+            n += 1
+        rates[name] = round(2 * 1024**3 * n / (time.perf_counter() - start) / 1e9, 1)
+    return rates
 
 
 def main() -> None:
@@ -297,7 +326,7 @@ def main() -> None:
     parser.add_argument("--hardware", default="native,avx2", help="native, avx2 or both (comma-separated)")
     parser.add_argument("--parts", default="decode,train,score,quality")
     parser.add_argument("--emulate-avx2", action="store_true", help="run everything under the AVX2 caps")
-    parser.add_argument("--child", choices=("decode", "train", "score"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("matmul", "decode", "train", "score"), help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--streams", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -314,7 +343,7 @@ def main() -> None:
     ratios: dict[str, list[float]] = {"decode": [], "train": [], "score": []}
     for name, loops in results.items():
         for label, paths in loops.items():
-            if label == "hardware":
+            if label in ("hardware", "matmul_gflops"):
                 continue
             ratio, picked, best = auto_vs_best(paths)
             ratios[label.split()[0]].append(ratio)
