@@ -30,8 +30,9 @@ class LoadConfig(Options):
                                "transformers), transformers (CPU or GPU), llamacpp (a GGUF file) or vllm (GPU)")
     dtype: Dtype = opt("auto", "weights: auto is bfloat16 where the hardware computes it natively")
     quantize: Literal["auto", "int8", "int4", "none"] = opt(
-        "auto", "auto: int8 weights on CPUs while a step has few rows, as in chat (1.5-2.5x faster decoding, "
-        "+0.4% perplexity; `tunelab env` says where); int8; int4 (a sixth of float32's memory); none (exact weights)")
+        "auto", "auto: int8 weights on x86 CPUs while a step has under 17 rows (1.5-2.5x faster decoding, "
+        "+0.2% perplexity; `tunelab env` says where); int8; int4 (a sixth of float32's memory, +5% perplexity); "
+        "none (exact weights)")
     draft: str | None = opt(None, "speculative decoding for greedy requests: ngram, layers:N or a draft model with "
                             "the same tokenizer")
     max_batch_size: int = opt(16, "answers decoded together", ge=1, flags=("--batch-size",),
