@@ -22,7 +22,7 @@ Each path runs in its own process with a time limit: a path that cannot finish t
 where it is emulated) is reported as an upper bound ("<x") from the work it had not finished.
 
     python bench/cpu_paths.py               # both kinds of CPU, about 18 minutes on 2 cores
-    python bench/cpu_paths.py --quick       # about 10 minutes
+    python bench/cpu_paths.py --quick       # about 12 minutes (--hardware avx2: 8)
     python bench/cpu_paths.py --hardware avx2
 
 The table says, per CPU kind and hot loop, each path's tokens/s, the one `auto` took, and

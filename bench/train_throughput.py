@@ -35,7 +35,7 @@ Command (about 30 minutes on 2 CPU cores):
     python bench/train_throughput.py                          # the full spec
     python bench/train_throughput.py --quick                  # a, b on 16 examples, max length 256: about 1 minute
     python bench/train_throughput.py --emulate-avx2 --quick   # as an AVX2-only CPU computes (bench/report.py):
-                                                              # all float32, an estimated 2 minutes
+                                                              # all float32, about 1.5 minutes
 
 The last line printed is
     ratio_vs_trl_default=<a/b> ratio_vs_trl_tuned=<a/c> loss_rel_diff=<|loss_a-loss_b|/loss_b>
