@@ -75,6 +75,7 @@ def test_each_kind_of_machine_gets_its_own_choices(machine, name, precision, row
     assert hardware.compute_dtype("auto") == precision
     assert hardware.int8_decode(precision) == rows  # int8 decode only on x86 CPUs where its kernel was measured
     assert hardware.llamacpp_decode() is (not hw.gpus and choose.llamacpp_version() is not None)
+    assert hardware.llamacpp_decode(8) is False  # many streams batch faster in transformers
     made = {c.what: c for c in hardware.choices()}
     assert made["training precision (train.precision: auto)"].value == ("bf16" if precision == torch.bfloat16
                                                                         else "fp32")

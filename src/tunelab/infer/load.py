@@ -7,13 +7,11 @@ from pathlib import Path
 from typing import Literal
 
 from tunelab.config.groups import Dtype
-from tunelab.config.run import DEFAULT_MODEL
 from tunelab.config.options import Options, opt
+from tunelab.config.run import DEFAULT_MODEL
 from tunelab.errors import ConfigError
 from tunelab.hardware import llamacpp_decode
 from tunelab.infer.backends import BACKENDS
-
-FEW_STREAMS = 5  # llama.cpp decodes one sequence at a time: from here batching in transformers wins
 
 BackendName = Literal[("auto", *BACKENDS)]  # the registered backends, found when the package was imported
 
@@ -68,7 +66,7 @@ def load_engine(model: str | None = None, *, adapters: list[str] | dict[str, str
     named = _named(adapters)
     if backend == "auto":
         as_exported = _gguf_file(model) and importlib.util.find_spec("llama_cpp")
-        fastest = (_gguf_alias(model) and max_batch_size < FEW_STREAMS and llamacpp_decode()
+        fastest = (_gguf_alias(model) and llamacpp_decode(max_batch_size)
                    and not draft and dtype == "auto" and quantize == "auto")
         backend = "llamacpp" if not adapters and (as_exported or fastest) else "transformers"
     if backend not in BACKENDS:
