@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
-RESULTS = Path(__file__).resolve().parent / "results"
+# TUNELAB_BENCH_RESULTS: another folder for the results (tests that run a benchmark leave the tree alone)
+RESULTS = Path(os.environ.get("TUNELAB_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def header() -> dict:
@@ -41,7 +42,7 @@ def save(name: str, figures: dict, quick: bool = False, tag: str = "") -> Path:
 
     hw = detect()
     kind = hw.kind.lower().replace(" ", "-") + ("-capped" if hw.limits else "")
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}{'-' + tag if tag else ''}{'-quick' if quick else ''}-{kind}.json"
     staging = path.with_suffix(".json.tmp")
     staging.write_text(json.dumps({"bench": name, "command": " ".join(["python", *sys.argv]),
