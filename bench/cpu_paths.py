@@ -43,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import AVX2, header, save
+from report import AVX2, describe, header, save
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = [
@@ -115,22 +115,6 @@ def hf_generate(prompts: list[str], n: int) -> dict:
             model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False)
         best = max(best, len(prompts) * n / (time.perf_counter() - start))
     return {"tok_s": best, "took": "model.generate fp32"}
-
-
-def describe(engine) -> str:
-    """Which path an engine is: llama.cpp, or transformers with int8/int4/float weights."""
-    import torch
-
-    from tunelab.infer.quantize import Int4Linear, Int8Linear
-
-    if type(engine).__name__ != "TransformersEngine":
-        return "llama.cpp"
-    modules = list(engine.model.modules())
-    dtype = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(next(engine.model.parameters()).dtype, "other")
-    if any(isinstance(m, Int4Linear) for m in modules):
-        return "int4"
-    int8 = [m for m in modules if isinstance(m, Int8Linear)]
-    return f"int8 under {int8[0].rows} rows, else {dtype}" if int8 else dtype
 
 
 def train_child(path: str, size: dict, out: str) -> dict:

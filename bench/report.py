@@ -51,3 +51,19 @@ def save(name: str, figures: dict, quick: bool = False, tag: str = "") -> Path:
     staging.replace(path)  # a crash mid-write leaves the previous results whole
     print(f"results: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
     return path
+
+
+def describe(engine) -> str:
+    """Which decode path an engine is: llama.cpp, or transformers with int4, int8 or float weights."""
+    import torch
+
+    from tunelab.infer.quantize import Int4Linear, Int8Linear
+
+    if type(engine).__name__ != "TransformersEngine":
+        return "llama.cpp"
+    modules = list(engine.model.modules())
+    dtype = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(next(engine.model.parameters()).dtype, "other")
+    if any(isinstance(m, Int4Linear) for m in modules):
+        return "int4"
+    int8 = [m for m in modules if isinstance(m, Int8Linear)]
+    return f"int8 under {int8[0].rows} rows, else {dtype}" if int8 else dtype

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from report import header, save
+from report import describe, header, save
 
 PROMPTS = [
     "Write a short story about a robot who learns to paint.",
@@ -58,19 +58,6 @@ class Sizes:
 
 
 QUICK = Sizes(prompts=2, new_tokens=48, ppl_chars=8_000, requests_per_client=2, max_tokens=32)
-
-
-def describe(engine) -> str:
-    """The backend and weights an engine decodes with: backend auto may pick llama.cpp or int8 weights."""
-    model = getattr(engine, "model", None)
-    if model is None:  # llama.cpp: the GGUF file names its quantization
-        return f"{type(engine).__name__}, {Path(getattr(engine, 'path', '?')).name}"
-    from tunelab.infer.quantize import Int4Linear, Int8Linear
-
-    packed = {"int8" if isinstance(m, Int8Linear) else "int4" for m in model.modules()
-              if isinstance(m, (Int8Linear, Int4Linear))}
-    weights = str(next(model.parameters()).dtype).removeprefix("torch.")
-    return f"{type(engine).__name__}, {weights} weights" + (f", {'+'.join(sorted(packed))} decoding" if packed else "")
 
 
 def part_a(size: Sizes) -> dict:
