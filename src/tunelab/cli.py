@@ -322,6 +322,21 @@ def cmd_env(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    import importlib.util
+
+    from tunelab.config.flags import given
+    from tunelab.ui.settings import UIConfig
+
+    cfg = UIConfig.load(given(args, "ui"), "flags")
+    if importlib.util.find_spec("gradio") is None:
+        raise ConfigError("tunelab ui needs Gradio, an optional extra: pip install 'tunelab[ui]'")
+    from tunelab.ui.app import launch
+
+    launch(cfg)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from tunelab.demo import run_demo
 
@@ -341,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tunelab.eval.config import KINDS as TASK_KINDS
     from tunelab.eval.config import EvalConfig, TaskConfig
     from tunelab.eval.judge import JudgeConfig
+    from tunelab.ui.settings import UIConfig
 
     parser = argparse.ArgumentParser(prog="tunelab", description="Turn a general language model into a specialist.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
@@ -458,6 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "tunelab chooses from it, with why")
     p.add_argument("--json", action="store_true", help="print it as JSON")
     p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("ui", help="the web UI: data, training, runs, evaluation, chat, RAG, compare and export in "
+                       "a browser (Gradio; loopback only unless --host)")
+    add_flags(p, UIConfig, "ui", title="web UI")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("demo", help="the main job: LoRA SFT on the built-in requests-to-JSON task, before/after")
     p.add_argument("--output-dir", default="runs")

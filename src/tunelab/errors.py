@@ -25,3 +25,9 @@ class ModelError(TunelabError):
 
 class RunError(TunelabError):
     """A run folder is missing, incomplete or would overwrite user work."""
+
+
+class RunStopped(TunelabError):
+    """Training was asked to stop (SIGTERM) and saved a checkpoint to resume from."""
+
+    exit_code = 143  # 128 + SIGTERM, as a shell reports a process the signal ended

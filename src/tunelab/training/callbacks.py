@@ -1,8 +1,12 @@
-"""Trainer callbacks: metrics.jsonl rows and a live progress line (loss, tokens/s, ETA)."""
+"""Trainer callbacks: metrics.jsonl rows, a live progress line (loss, tokens/s, ETA) and progress.json
+(what another process, such as `tunelab ui`, reads), and a clean stop on SIGTERM."""
 
 from __future__ import annotations
 
 import math
+import os
+import signal
+import threading
 import time
 
 from rich.console import Console
@@ -36,6 +40,7 @@ class RunLogger(TrainerCallback):
         self.loss: float | None = None
         self.t0 = time.time()
         self.tokens0 = 0
+        self.shown = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.t0, self.tokens0 = time.time(), self.tokens()
@@ -52,6 +57,13 @@ class RunLogger(TrainerCallback):
         return (self.tokens() - self.tokens0) / max(time.time() - self.t0, 1e-9)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and (time.time() - self.shown > 1.0 or state.global_step >= state.max_steps):
+            self.shown = time.time()  # at most once a second: a file write per step would cost tiny models' speed
+            done = state.global_step / max(state.max_steps, 1)
+            elapsed = time.time() - self.t0
+            self.record.progress({"step": state.global_step, "max_steps": state.max_steps, "loss": self.loss,
+                                  "tokens_per_s": round(self.rate(), 1), "elapsed_s": round(elapsed, 1),
+                                  "eta_s": round(elapsed / done * (1 - done), 1) if done > 0 else None})
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step,
                                  description=f"loss {'-' if self.loss is None else f'{self.loss:.4f}'}  {self.rate():,.0f} tok/s")
@@ -79,3 +91,32 @@ class RunLogger(TrainerCallback):
             self.progress.update(self.task, completed=state.global_step)
             self.progress.stop()
             self.progress = None
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM (the UI's Stop button, a scheduler's preemption) ends training cleanly: the step in
+    flight finishes, a checkpoint is saved, and `train.resume` continues from it.
+
+    Single-process runs only: ranks of a distributed run would see the signal at different steps.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if threading.current_thread() is threading.main_thread() and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            self.previous = signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, signum, frame) -> None:
+        self.requested = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None

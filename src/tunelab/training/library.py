@@ -11,7 +11,7 @@ from transformers import PrinterCallback, Trainer
 
 from tunelab.config import RunConfig
 from tunelab.methods import METHODS
-from tunelab.training.callbacks import RunLogger
+from tunelab.training.callbacks import RunLogger, StopOnSignal
 from tunelab.training.trainer import AtomicCheckpoints, training_arguments
 
 
@@ -47,6 +47,7 @@ def make_library_trainer(cfg: RunConfig, trainer_class: type, args_class: type, 
     trainer.remove_callback(PrinterCallback)
     tokens = lambda: trainer.real_tokens_seen * trainer.accelerator.num_processes
     trainer.add_callback(RunLogger(record, tokens, console))
+    trainer.add_callback(StopOnSignal())
     return trainer
 
 

@@ -5,6 +5,7 @@ runs/<name>/
   metrics.jsonl   one line per logged step / evaluation
   summary.json    final metrics and costs
   loss.png        training and validation loss curves
+  progress.json   the latest step, total steps, loss and ETA while training (for other processes)
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ class RunRecord:
         if self.active:
             with open(self.folder / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
+
+    def progress(self, state: dict[str, Any]) -> None:
+        """Replace progress.json atomically: a reader never sees half a file."""
+        if self.active:
+            tmp = self.folder / "progress.json.tmp"
+            tmp.write_text(json.dumps({**state, "time": round(time.time(), 1)}))
+            os.replace(tmp, self.folder / "progress.json")
 
     def metrics(self) -> list[dict]:
         path = self.folder / "metrics.jsonl"

@@ -13,12 +13,12 @@ from transformers import AutoConfig, set_seed
 
 from tunelab.config import RunConfig
 from tunelab.data.templates import ensure_chat_template, eos_ids_for_generation
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, RunStopped
 from tunelab.methods import METHODS, save_adapter
 from tunelab.models.families import auto_class, family, task_of
 from tunelab.models.hub import resolve
 from tunelab.models.loading import load_model
-from tunelab.training.callbacks import RunLogger
+from tunelab.training.callbacks import RunLogger, StopOnSignal
 from tunelab.hardware import compute_dtype
 from tunelab.training.autocast import adapters_follow_autocast, store_frozen_in
 from tunelab.training.records import artifact_bytes
@@ -173,6 +173,7 @@ def make_trainer(cfg: RunConfig, model, tokenizer, record, train, validation, co
     tokens = lambda: trainer.real_tokens_seen * trainer.accelerator.num_processes
     perplexity = trainer.lm_loss if perplexity is None else perplexity
     trainer.add_callback(RunLogger(record, tokens, console, perplexity=perplexity))
+    trainer.add_callback(StopOnSignal())
     return trainer
 
 
@@ -180,6 +181,10 @@ def train(trainer, cfg: RunConfig, record) -> tuple[Any, Path | None]:
     """Train (from the latest complete checkpoint when cfg.train.resume); returns (result, resumed_from)."""
     resume = latest_checkpoint(record.folder) if cfg.train.resume else None
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    stopper = next((c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnSignal)), None)
+    if stopper is not None and stopper.requested:
+        raise RunStopped(f"{record.folder}: stopped at step {trainer.state.global_step} of {trainer.state.max_steps}; "
+                         f"a checkpoint is saved: continue with tunelab train {record.folder / 'config.yaml'} --resume")
     return result, resume
 
 

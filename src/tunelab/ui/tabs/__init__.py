@@ -1,0 +1,1 @@
+"""One module per tab, each with `build(ctx)` called inside the page's Blocks."""
