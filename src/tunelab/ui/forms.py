@@ -149,6 +149,9 @@ class Form:
             shown = ([UNSET] if optional else []) + [str(c) for c in choices]
             value = UNSET if default is None else str(default)
             return Input(key, info, "choice", gr.Dropdown(shown, value=value, **common), schema_default, member)
+        if tp in (int, float) and _optional(info):  # a number box cannot be left empty: it sends 0
+            return Input(key, info, "number", gr.Textbox(value="" if default is None else str(default),
+                                                         placeholder="unset", **common), schema_default, member)
         if tp in (int, float):
             return Input(key, info, "number", gr.Number(value=default, **common), schema_default, member)
         if tp is str:
@@ -177,9 +180,11 @@ def _read(f: Input, value: Any) -> Any:
     if f.kind == "choice":
         value = None if value == UNSET else _typed_choice(f.info, value)
     elif f.kind == "number":
-        if value is None or value == "":
-            value = None
-        elif plain_type(f.info.annotation) is int and float(value).is_integer():
+        value = None if value is None or str(value).strip() == "" else value
+        if isinstance(value, str):
+            value = value.strip()
+            value = float(value) if _is_number(value) else value  # the schema says what a word is not
+        if isinstance(value, float) and plain_type(f.info.annotation) is int and value.is_integer():
             value = int(value)
     elif f.kind == "text":
         value = value if value or not _optional(f.info) else None

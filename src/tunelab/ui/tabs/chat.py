@@ -13,7 +13,8 @@ from tunelab.ui.context import Context, error_text
 from tunelab.ui.forms import Form
 
 COLUMNS = 4  # the base and three adapters: one engine decodes them together
-SHOWN_OPTIONS = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "stop")
+SHOWN_OPTIONS = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "stop",
+                 "ignore_eos")
 STRUCTURES = ("none", "json_schema", "regex", "choice")
 
 

@@ -23,7 +23,7 @@ def build(ctx: Context) -> None:
     from tunelab.compare.planner import PlanConfig
     from tunelab.config import run_schema
 
-    with gr.Tab("Train", id="train"):
+    with gr.Tab("Train", id="train") as tab:
         with gr.Row():
             with gr.Column(scale=3):
                 gr.Markdown("Choose an objective and a method: only their own options show. Every other "
@@ -51,6 +51,7 @@ def build(ctx: Context) -> None:
                 log = gr.Textbox(label="log", lines=8, max_lines=8, autoscroll=True, elem_id="train-log")
         seen = gr.State(None)
 
+        tab.select(lambda: gr.update(choices=ctx.run_names()), None, run)
         upload.upload(lambda f: f, upload, form.component("data.train"))
         n = len(form.inputs)
         plan_button.click(lambda *v: show_plan(ctx, form, plan_form, v[:n], v[n:]), [*form.inputs, *plan_form.inputs],
