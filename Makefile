@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench llamacpp clean
+.PHONY: setup demo test test-fast bench llamacpp browser clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml requirements.lock
 demo: setup
 	$(BIN)/tunelab demo
 
-test: setup llamacpp
+test: setup llamacpp browser
 	$(BIN)/python -m pytest -q --timeout 900
 
 test-fast: setup
@@ -54,6 +54,14 @@ $(LLAMACPP_STAMP): $(STAMP)
 		llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp/conversion \
 		llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp/gguf-py
 	touch $@
+
+# Headless Chromium for the browser tests of `tunelab ui` (Debian's package, driven by Playwright).
+browser:
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else \
+			echo "chromium is missing and cannot be installed here: the browser tests will be skipped"; exit 0; fi; \
+		$$SUDO apt-get install -y -qq chromium >/dev/null 2>&1 || \
+			{ $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }; }
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

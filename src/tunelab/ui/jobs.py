@@ -50,6 +50,7 @@ class Jobs:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cwd = cwd
         self._lock = threading.Lock()
+        self._processes: dict[str, subprocess.Popen] = {}  # jobs this process started: their exit codes at hand
 
     def start(self, kind: str, args: list[str], folder: Path) -> Job:
         """Run `tunelab ARGS` in the background; its output goes to the job's log."""
@@ -61,6 +62,7 @@ class Jobs:
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.cwd, env=env,
                                        start_new_session=True)
         job = Job(job_id, kind, list(args), str(folder), str(log), process.pid, time.time())
+        self._processes[job_id] = process
         self._save(job)
         threading.Thread(target=self._reap, args=(process, job), daemon=True, name=f"job-{job_id}").start()
         return job
@@ -93,6 +95,8 @@ class Jobs:
     def running(self, job: Job) -> bool:
         if job.rc is not None:
             return False
+        if job.id in self._processes:
+            return self._processes[job.id].poll() is None
         try:
             process = psutil.Process(job.pid)
             return process.status() != psutil.STATUS_ZOMBIE and "tunelab.cli" in " ".join(process.cmdline())
@@ -104,6 +108,8 @@ class Jobs:
         if self.running(job):
             return "running"
         job = self.reload(job)
+        if job.rc is None and job.id in self._processes:
+            job.rc = self._processes[job.id].poll()  # ended a moment ago; its reaper may not have saved it yet
         if job.rc is None:
             return "ended"
         return "finished" if job.rc == 0 else "stopped" if job.rc in (STOPPED, -signal.SIGTERM) else "failed"
