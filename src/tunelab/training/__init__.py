@@ -1,7 +1,7 @@
 """What objectives share: autocast, trainer setup, checkpoints and resume, callbacks, run records."""
 
-from tunelab.training.callbacks import RunLogger
 from tunelab.hardware import bf16_native, compute_dtype
+from tunelab.training.callbacks import RunLogger
 from tunelab.training.records import RunRecord
 from tunelab.training.setup import (
                                     cost_summary,

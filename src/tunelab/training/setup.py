@@ -14,13 +14,13 @@ from transformers import AutoConfig, set_seed
 from tunelab.config import RunConfig
 from tunelab.data.templates import ensure_chat_template, eos_ids_for_generation
 from tunelab.errors import ConfigError, RunStopped
+from tunelab.hardware import compute_dtype
 from tunelab.methods import METHODS, save_adapter
 from tunelab.models.families import auto_class, family, task_of
 from tunelab.models.hub import resolve
 from tunelab.models.loading import load_model
-from tunelab.training.callbacks import RunLogger, StopOnSignal
-from tunelab.hardware import compute_dtype
 from tunelab.training.autocast import adapters_follow_autocast, store_frozen_in
+from tunelab.training.callbacks import RunLogger, StopOnSignal
 from tunelab.training.records import artifact_bytes
 from tunelab.training.trainer import (
     TunelabTrainer,

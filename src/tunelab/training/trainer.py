@@ -15,8 +15,8 @@ from transformers import PrinterCallback, Trainer, TrainingArguments
 
 from tunelab.config import TrainConfig
 from tunelab.data.tokenize import IGNORE
-from tunelab.models.families import task_of
 from tunelab.hardware import compute_dtype
+from tunelab.models.families import task_of
 
 CHECKPOINT_PREFIX = "checkpoint-"
 COMPLETE = "COMPLETE"  # written last: a checkpoint without it is an interrupted write and is never resumed

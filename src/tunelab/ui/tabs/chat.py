@@ -23,7 +23,8 @@ def build(ctx: Context) -> None:
         with gr.Row():
             model = gr.Textbox(ctx.default_model, label="base model", elem_id="chat-model", scale=2)
             adapters = gr.Dropdown(ctx.run_names(), multiselect=True, max_choices=COLUMNS - 1, scale=3,
-                                   label="adapters", info="LoRA runs answering beside the base", elem_id="chat-adapters")
+                                   label="adapters", info="LoRA runs answering beside the base",
+                                   elem_id="chat-adapters")
         with gr.Accordion("decoding and structured output", open=False):
             decoding = Form(DecodingConfig, "chat", only=SHOWN_OPTIONS, values={"max_new_tokens": 256})
             system = gr.Textbox(label="system prompt", info="default: the run's own, if it trained with one",
