@@ -108,7 +108,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model
     # Only rank 0 wrote the run folder; checkpoints hold both ranks' RNG state and nothing is
     # left half-written even though rank 1 was slow to save.
     assert sorted(p.name for p in run.iterdir()) == ["adapter", "checkpoints", "config.yaml", "loss.png",
-                                                      "metrics.jsonl", "summary.json"]
+                                                      "metrics.jsonl", "progress.json", "summary.json"]
     checkpoints = run / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-4"]
     for ckpt in checkpoints.iterdir():

@@ -48,6 +48,9 @@ def _free_port() -> int:
 def workspace(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ui-workspace")
     (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS), encoding="utf-8")
+    labelled = [{"text": f"{'great fine lovely' if i % 2 else 'awful bad sad'} day {i}", "label": ["neg", "pos"][i % 2]}
+                for i in range(24)]
+    (folder / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labelled), encoding="utf-8")
     (folder / "docs").mkdir()
     for name, text in DOCUMENTS.items():
         (folder / "docs" / name).write_text(text, encoding="utf-8")
@@ -287,6 +290,20 @@ def test_export_tab_exports_and_verifies(page):
     _shot(page, "export")
 
 
+def test_compare_tab_checks_the_task_then_runs_it_and_recommends(page):
+    _open(page, "Compare")
+    _fill(page, "compare-train", "labels.jsonl")
+    page.locator("#compare-start").click()
+    expect(page.locator("#compare-error")).to_contain_text("test: the task has no test data")
+    _fill(page, "compare-test-split", 0.25)
+    page.locator("#compare-routes .cm-content").fill("[zero-shot, probe]")
+    page.locator("#compare-start").click()
+    _until(page, "compare-status", "finished", "compare-error")
+    expect(page.locator("#compare-recommendation")).to_contain_text("recommended")
+    expect(page.locator("#compare-report")).to_contain_text("probe")
+    _shot(page, "compare")
+
+
 @pytest.mark.slow
 def test_rag_indexes_two_files_and_answers_with_a_citation(page, workspace):
     _open(page, "RAG")
@@ -309,6 +326,5 @@ def test_every_tab_has_a_screenshot(page):
         time.sleep(0.5)
         if not (SHOTS / f"{tab.lower()}.png").exists():
             _shot(page, tab.lower())
-    _shot(page, "compare")
     assert all((SHOTS / f"{t}.png").is_file() for t in ("data", "train", "runs", "evaluate", "chat", "compare",
                                                          "export")), sorted(p.name for p in SHOTS.glob("*.png"))

@@ -180,11 +180,44 @@ def test_listening_beyond_loopback_without_auth_warns(tmp_path, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app, url = launch(UIConfig(host="0.0.0.0", port=port, root=[str(tmp_path)]), block=False)
+    app, url = launch(UIConfig(host="0.0.0.0", port=port, root=[str(tmp_path)], max_upload_mb=3), block=False)
     try:
         assert "no --auth" in capsys.readouterr().err
+        assert app.max_file_size == 3 * 1024 * 1024 and not app.share
         assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
         assert os.environ["GRADIO_TEMP_DIR"] == str(tmp_path / ".tunelab-ui" / "uploads")
     finally:
         app.close()
     assert sys.modules["gradio"]
+
+
+def test_structured_output_choices_from_the_chat_tab():
+    from tunelab.ui.tabs.chat import _constraint
+
+    assert _constraint("none", "anything") is None
+    assert _constraint("choice", "yes\n\nno\n") is not None
+    assert _constraint("json_schema", '{"type": "object"}') is not None
+    with pytest.raises(ConfigError, match="json_schema: not valid JSON"):
+        _constraint("json_schema", "{type: object")
+    with pytest.raises(ConfigError, match="give the regex"):
+        _constraint("regex", "  ")
+
+
+def test_sigterm_asks_training_to_save_and_stop_and_gives_the_signal_back():
+    import signal
+
+    from transformers import TrainerControl
+
+    from tunelab.training.callbacks import StopOnSignal
+
+    before = signal.getsignal(signal.SIGTERM)
+    stopper, control = StopOnSignal(), TrainerControl()
+    stopper.on_train_begin(None, None, control)
+    assert signal.getsignal(signal.SIGTERM) == stopper._request
+    stopper.on_step_end(None, None, control)
+    assert not control.should_save and not control.should_training_stop
+    os.kill(os.getpid(), signal.SIGTERM)  # handled: the test process lives on
+    stopper.on_step_end(None, None, control)
+    assert stopper.requested and control.should_save and control.should_training_stop
+    stopper.restore()  # what setup.train does also when training raised
+    assert signal.getsignal(signal.SIGTERM) == before

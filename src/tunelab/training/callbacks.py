@@ -117,6 +117,10 @@ class StopOnSignal(TrainerCallback):
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.restore()
+
+    def restore(self) -> None:
+        """Give SIGTERM back to whoever had it (also when training ended in an exception)."""
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
             self.previous = None

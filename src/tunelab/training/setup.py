@@ -180,8 +180,12 @@ def make_trainer(cfg: RunConfig, model, tokenizer, record, train, validation, co
 def train(trainer, cfg: RunConfig, record) -> tuple[Any, Path | None]:
     """Train (from the latest complete checkpoint when cfg.train.resume); returns (result, resumed_from)."""
     resume = latest_checkpoint(record.folder) if cfg.train.resume else None
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     stopper = next((c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnSignal)), None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        if stopper is not None:
+            stopper.restore()
     if stopper is not None and stopper.requested:
         raise RunStopped(f"{record.folder}: stopped at step {trainer.state.global_step} of {trainer.state.max_steps}; "
                          f"a checkpoint is saved: continue with tunelab train {record.folder / 'config.yaml'} --resume")
