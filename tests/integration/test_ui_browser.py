@@ -298,6 +298,7 @@ def test_compare_tab_checks_the_task_then_runs_it_and_recommends(page):
     _fill(page, "compare-test-split", 0.25)
     page.locator("#compare-routes .cm-content").fill("[zero-shot, probe]")
     page.locator("#compare-start").click()
+    expect(page.locator("#compare-error")).not_to_contain_text("error")  # the first message is cleared
     _until(page, "compare-status", "finished", "compare-error")
     expect(page.locator("#compare-recommendation")).to_contain_text("recommended")
     expect(page.locator("#compare-report")).to_contain_text("probe")
