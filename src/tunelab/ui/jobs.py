@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,7 +55,7 @@ class Jobs:
 
     def start(self, kind: str, args: list[str], folder: Path) -> Job:
         """Run `tunelab ARGS` in the background; its output goes to the job's log."""
-        job_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 1000:03d}{int(time.time() * 1000) % 1000:03d}"
+        job_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         log = self.dir / f"{job_id}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(log, "w", encoding="utf-8") as out:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from tunelab.errors import ConfigError
 from tunelab.ui.context import Context, error_text, set_args
 from tunelab.ui.forms import Form
 from tunelab.ui.settings import safe_name
@@ -49,14 +50,16 @@ def start(ctx: Context, run_names, model, task_text, report_name, task_raw: dict
         name = safe_name(report_name, "report name") if report_name else f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
         args = ["eval"]
         folders = [ctx.run(r) for r in run_names or []]
-        specs = [line.strip() for line in (task_text or "").splitlines() if line.strip()]
-        for spec in specs:
-            ctx.sandbox.path(spec.split(":", 1)[0], "task file")
+        specs = []  # FILE[:KIND[:METRICS]] with FILE fenced and made absolute
+        for line in (task_text or "").splitlines():
+            file, sep, rest = line.strip().partition(":")
+            if file:
+                specs.append(f"{ctx.sandbox.path(file, 'task file')}{sep}{rest}")
         if not specs and len(folders) != 1:
-            raise ValueError("give tasks, or choose exactly one run (it is then measured on its validation split)")
+            raise ConfigError("tasks: give tasks, or choose exactly one run (it is then measured on its validation "
+                              "split)")
         if specs:
-            args += ["--tasks", ",".join(str(ctx.sandbox.path(s.split(":", 1)[0])) + s[len(s.split(":", 1)[0]):]
-                                         for s in specs)]
+            args += ["--tasks", ",".join(specs)]
             for folder in folders:
                 args += ["--adapter", f"{folder.name}={folder}"]
         else:
@@ -71,9 +74,7 @@ def start(ctx: Context, run_names, model, task_text, report_name, task_raw: dict
         folder = ctx.runs_dir / name
         ctx.jobs.start("eval", args, folder)
     except Exception as e:  # noqa: BLE001
-        from tunelab.errors import ConfigError
-
-        return error_text(ConfigError(str(e)) if isinstance(e, ValueError) else e), gr.skip()
+        return error_text(e), gr.skip()
     return "", str(folder)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from tunelab.errors import ConfigError
 from tunelab.ui.context import Context, error_text
 from tunelab.ui.forms import Form
 from tunelab.ui.settings import safe_name
@@ -63,15 +64,13 @@ def run_index(ctx: Context, form: Form, name: str, text: str, values):
         cfg = IndexConfig.load(form.raw(values), "index")
         paths = [ctx.sandbox.path(line, "path") for line in (text or "").splitlines() if line.strip()]
         if not paths:
-            raise ValueError("nothing to index: give files or folders, one per line, or upload files")
+            raise ConfigError("nothing to index: give files or folders, one per line, or upload files")
         embedder = ctx.sandbox.model(cfg.embedder, "embedder") if cfg.embedder != IndexConfig().embedder \
             else cfg.embedder
         report = index(paths, _store(ctx, name), embedder=embedder, split=cfg.split, field=cfg.field,
                        prune=cfg.prune)
     except Exception as e:  # noqa: BLE001
-        from tunelab.errors import ConfigError
-
-        return error_text(ConfigError(str(e)) if isinstance(e, ValueError) else e), ""
+        return error_text(e), ""
     skipped = "".join(f"  \nskipped {f}: {why}" for f, why in report.skipped)
     return "", (f"{report.indexed} files indexed, {report.unchanged} unchanged, {report.removed} removed; "
                 f"{report.chunks} chunks embedded, {report.store_chunks} in the store ({report.seconds:.1f} s)"
@@ -79,7 +78,6 @@ def run_index(ctx: Context, form: Form, name: str, text: str, values):
 
 
 def ask(ctx: Context, form: Form, name: str, question: str, model: str, values):
-    from tunelab.errors import ConfigError
     from tunelab.rag.pipeline import RagConfig, RagPipeline
 
     empty = pd.DataFrame(columns=SOURCE_COLUMNS)

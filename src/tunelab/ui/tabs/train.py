@@ -111,10 +111,15 @@ def start_run(ctx: Context, form: Form, values):
     return "", gr.update(choices=names, value=name), f"running: starting {name}"
 
 
+def _latest(ctx: Context, name: str | None):
+    """A run folder and the newest training job writing it (None if none)."""
+    folder = ctx.run(name or "")
+    return folder, ctx.jobs.latest(folder, "train")
+
+
 def stop_run(ctx: Context, name: str | None) -> tuple[str, str]:
     try:
-        folder = ctx.run(name or "")
-        job = ctx.jobs.latest(folder, "train")
+        folder, job = _latest(ctx, name)
         if job is None or not ctx.jobs.stop(job):
             raise RunError(f"{name}: not training now, nothing to stop")
     except Exception as e:  # noqa: BLE001
@@ -124,8 +129,7 @@ def stop_run(ctx: Context, name: str | None) -> tuple[str, str]:
 
 def resume_run(ctx: Context, name: str | None) -> tuple[str, str]:
     try:
-        folder = ctx.run(name or "")
-        job = ctx.jobs.latest(folder, "train")
+        folder, job = _latest(ctx, name)
         if job is not None and ctx.jobs.running(job):
             raise RunError(f"{name}: training now already")
         if runs.status(folder, False) != "stopped":
