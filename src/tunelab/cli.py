@@ -27,21 +27,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_data(args) -> int:
-    from tunelab.config import DataConfig, ModelConfig
-    from tunelab.config.flags import given
-    from tunelab.data import build_sft, describe
-    from tunelab.models import load_tokenizer, resolve
-
-    cfg = DataConfig.load({**given(args, "data"), "train": args.file, "val_split": 0.0}, "data")
-    model = ModelConfig.load(given(args, "model"), "model")
-    data = build_sft(cfg, load_tokenizer(resolve(model.name)))
-    print(describe(data.stats))
-    for line in data.bad[:10]:
-        print(f"skipped: {line}")
-    return 0
-
-
 def cmd_generate(args) -> int:
     from tunelab.config.schemas import from_command_line
     from tunelab.data.readers import read_records
@@ -351,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tunelab.compress.export import ExportConfig
     from tunelab.compress.merge import MergeOptions
     from tunelab.compress.quantize import QuantizeConfig
-    from tunelab.config import DataConfig, ModelConfig, RunConfig
+    from tunelab.config import RunConfig
     from tunelab.config.flags import add_command_flags, add_flags
     from tunelab.eval.config import KINDS as TASK_KINDS
     from tunelab.eval.config import EvalConfig, TaskConfig
@@ -373,11 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what training optimises (sft, dpo, grpo, ...); its options with --set objective.KEY=VALUE")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("data", help="check a data file: format, token lengths, truncation, bad records")
-    p.add_argument("file")
-    add_flags(p, ModelConfig, "model", only=("name",))
-    add_flags(p, DataConfig, "data", only=("format", "max_length", "skip_bad", "train_on", "system_prompt"))
-    p.set_defaults(func=cmd_data)
+    from tunelab.data.cli import add_parser as add_data_parser
+
+    add_data_parser(sub)
 
     p = sub.add_parser("generate", help="batched generation over a JSONL file of prompts")
     add_command_flags(p, "generate")
@@ -489,6 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tunelab.data.cli import COMMANDS as DATA_COMMANDS
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "data" and argv[1] not in (*DATA_COMMANDS, "-h", "--help"):
+        argv.insert(1, "check")  # `tunelab data FILE` reads as it always did
     args = build_parser().parse_args(argv)
     if not args.verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -1,0 +1,95 @@
+"""`tunelab data check | clean | dedup | decontaminate`: the command-line face of the data package.
+
+`tunelab data FILE` (no subcommand) is `tunelab data check FILE`, as it always was.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tunelab.config.flags import add_flags, given
+
+COMMANDS = ("check", "clean", "dedup", "decontaminate")
+
+
+def cmd_check(args) -> int:
+    from tunelab.config import DataConfig, ModelConfig
+    from tunelab.data import build_sft, describe
+    from tunelab.models import load_tokenizer, resolve
+
+    cfg = DataConfig.load({**given(args, "data"), "train": args.file, "val_split": 0.0}, "data")
+    model = ModelConfig.load(given(args, "model"), "model")
+    data = build_sft(cfg, load_tokenizer(resolve(model.name)))
+    print(describe(data.stats))
+    for line in data.bad[:10]:
+        print(f"skipped: {line}")
+    return 0
+
+
+def cmd_clean(args) -> int:
+    from tunelab.data.curate.clean import CleanConfig, clean_file
+
+    cfg = CleanConfig.load(given(args, "clean"), "flags")
+    print(json.dumps(clean_file(args.input, args.output, cfg, workers=args.workers, force=args.force), indent=2))
+    return 0
+
+
+def cmd_dedup(args) -> int:
+    from tunelab.data.curate.dedup import DedupConfig, dedup_files
+
+    cfg = DedupConfig.load(given(args, "dedup"), "flags")
+    print(json.dumps(dedup_files(args.inputs, args.output, cfg, force=args.force), indent=2))
+    return 0
+
+
+def cmd_decontaminate(args) -> int:
+    from tunelab.data.curate.decontaminate import DecontaminateConfig, decontaminate_file
+
+    cfg = DecontaminateConfig.load(given(args, "decontaminate"), "flags")
+    print(json.dumps(decontaminate_file(args.train, args.against, args.output, cfg, force=args.force), indent=2))
+    return 0
+
+
+def add_parser(sub) -> None:
+    """Register `tunelab data ...` on the main command table; option flags come from the config schema."""
+    from tunelab.config import DataConfig, ModelConfig
+    from tunelab.data.curate.clean import CleanConfig
+    from tunelab.data.curate.decontaminate import DecontaminateConfig
+    from tunelab.data.curate.dedup import DedupConfig
+
+    data = sub.add_parser("data", help="check and improve data: check, clean, dedup, decontaminate")
+    commands = data.add_subparsers(dest="data_command", required=True)
+
+    p = commands.add_parser("check", help="a data file as training reads it: format, token lengths, truncation, "
+                            "bad records (also: tunelab data FILE)")
+    p.add_argument("file")
+    add_flags(p, ModelConfig, "model", only=("name",))
+    add_flags(p, DataConfig, "data", only=("format", "max_length", "skip_bad", "train_on", "system_prompt"))
+    p.set_defaults(func=cmd_check)
+
+    force = "replace the output if it exists"
+    p = commands.add_parser("clean", help="repair text, mask personal data, drop records failing quality rules "
+                            "(Gopher, C4 presets; language); dropped ones go to OUT.dropped.jsonl with their rule")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--workers", type=int, default=1, help="processes cleaning records in parallel")
+    p.add_argument("--force", action="store_true", help=force)
+    add_flags(p, CleanConfig, "clean", title="cleaning")
+    p.set_defaults(func=cmd_clean)
+
+    p = commands.add_parser("dedup", help="remove exact, near (MinHash LSH) and semantic duplicates across files; "
+                            "clusters go to a side file")
+    p.add_argument("inputs", nargs="+", help="one or more files, deduplicated together")
+    p.add_argument("--output", "-o", required=True, help="the file written (one input) or a folder (several)")
+    p.add_argument("--force", action="store_true", help=force)
+    add_flags(p, DedupConfig, "dedup", title="duplicates")
+    p.set_defaults(func=cmd_dedup)
+
+    p = commands.add_parser("decontaminate", help="remove training records sharing an n-gram (13 words) with "
+                            "evaluation data; report which items were contaminated and by what")
+    p.add_argument("train")
+    p.add_argument("--against", nargs="+", required=True, help="evaluation files")
+    p.add_argument("--output", "-o", required=True, help="the training file without the overlapping records")
+    p.add_argument("--force", action="store_true", help=force)
+    add_flags(p, DecontaminateConfig, "decontaminate", title="overlap")
+    p.set_defaults(func=cmd_decontaminate)

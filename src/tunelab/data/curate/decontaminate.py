@@ -1,0 +1,128 @@
+"""Training records that overlap evaluation data, found by shared word n-grams.
+
+GPT-3 (Brown et al. 2020, appendix C) calls a training document contaminated when it shares
+a 13-gram with an evaluation item; items shorter than that are matched whole. Words are
+normalised (case, punctuation) first, as `dedup.normalise` does, so a re-cased copy is found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.config.options import Options, opt
+from tunelab.data.curate.dedup import normalise
+from tunelab.data.curate.fields import all_text
+
+
+class DecontaminateConfig(Options):
+    """How `tunelab data decontaminate` decides that a training record overlaps an evaluation item."""
+
+    ngram: int = opt(13, "words in the n-grams compared (GPT-3: 13)", ge=3)
+    min_item_words: int = opt(8, "evaluation items shorter than ngram words are matched whole when they have at least "
+                              "this many words; shorter ones are skipped (too common to mean a copy)", ge=1)
+
+
+def _grams(words: list[str], n: int) -> Iterable[int]:
+    for i in range(len(words) - n + 1):
+        yield hash(" ".join(words[i:i + n]))
+
+
+@dataclass
+class Contamination:
+    """Which training records overlap which evaluation items."""
+
+    hits: dict[int, set[str]] = field(default_factory=dict)  # training index -> evaluation items ("file:line")
+
+    @property
+    def items(self) -> dict[str, list[int]]:
+        """Evaluation item -> the training records that overlap it."""
+        out: dict[str, list[int]] = {}
+        for train, found in sorted(self.hits.items()):
+            for item in sorted(found):
+                out.setdefault(item, []).append(train)
+        return out
+
+
+class Index:
+    """The n-grams of evaluation items, each pointing at the items holding it."""
+
+    def __init__(self, cfg: DecontaminateConfig):
+        self.cfg = cfg
+        self.grams: dict[int, set[str]] = {}  # n-gram hash -> items
+        self.short: dict[int, dict[int, set[str]]] = {}  # a short item's length -> its hash -> items
+        self.items = 0
+
+    def add(self, text: str, item: str) -> None:
+        words = normalise(text).split()
+        self.items += 1
+        if len(words) >= self.cfg.ngram:
+            for g in _grams(words, self.cfg.ngram):
+                self.grams.setdefault(g, set()).add(item)
+        elif len(words) >= self.cfg.min_item_words:
+            self.short.setdefault(len(words), {}).setdefault(hash(" ".join(words)), set()).add(item)
+
+    def matches(self, text: str) -> set[str]:
+        words = normalise(text).split()
+        found: set[str] = set()
+        for g in _grams(words, self.cfg.ngram):
+            found |= self.grams.get(g, set())
+        for size, table in self.short.items():
+            for g in _grams(words, size):
+                found |= table.get(g, set())
+        return found
+
+
+def find_contamination(train: Iterable[dict], evaluation: Iterable[tuple[dict, str]],
+                       cfg: DecontaminateConfig | None = None) -> Contamination:
+    """Training records (in order) sharing an n-gram with an evaluation item (record, "file:line")."""
+    index = Index(cfg or DecontaminateConfig())
+    for record, where in evaluation:
+        index.add(all_text(record), where)
+    result = Contamination()
+    for i, record in enumerate(train):
+        found = index.matches(all_text(record))
+        if found:
+            result.hits[i] = found
+    return result
+
+
+def decontaminate_file(train: str | Path, against: list[str | Path], out: str | Path,
+                       cfg: DecontaminateConfig | None = None, force: bool = False) -> dict:
+    """`train` without the records overlapping any file of `against`, into `out`; the removed ones, with the
+    evaluation items they overlap, into OUT.removed.jsonl. Returns which items were contaminated, by which lines."""
+    from tunelab.data.curate.io import JsonlWriter, check_output, records, side_file
+
+    out = Path(out)
+    check_output(out, [Path(train), *map(Path, against)], force)
+    rows = list(records(train))
+    found = find_contamination((data for data, _ in rows),
+                               (item for path in against for item in records(path)), cfg)
+    with JsonlWriter(out) as kept, JsonlWriter(side_file(out, "removed")) as removed:
+        for i, (data, where) in enumerate(rows):
+            if i in found.hits:
+                removed.write({"where": where, "overlaps": sorted(found.hits[i]), "record": data})
+            else:
+                kept.write(data)
+    return {"train": str(train), "records": len(rows), "removed": len(found.hits), "kept": len(rows) - len(found.hits),
+            "contaminated_items": {item: [rows[i][1] for i in lines] for item, lines in found.items.items()},
+            "output": str(out)}
+
+
+def overlap_warning(train: str | Path, test: str | Path, cfg: DecontaminateConfig | None = None) -> str | None:
+    """A line for `tunelab compare` and `tunelab eval` when test items share an n-gram with training records."""
+    found = find_contamination((data for data, _ in records_of(train)), records_of(test), cfg)
+    items = found.items
+    if not items:
+        return None
+    shown = ", ".join(list(items)[:3]) + (", ..." if len(items) > 3 else "")
+    return (f"warning: {len(items)} test item(s) of {test} share a {(cfg or DecontaminateConfig()).ngram}-gram with "
+            f"training records of {train} ({shown}); scores on them may reflect memorising. Remove them with: "
+            f"tunelab data decontaminate {train} --against {test} --output CLEAN.jsonl")
+
+
+def records_of(path: str | Path):
+    from tunelab.data.curate.io import records
+
+    return records(path)
