@@ -24,7 +24,7 @@ from tunelab.data.curate.fields import answers, map_strings
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})  # Gopher's list
 BOILERPLATE = [r"\bcookie(s| policy)\b", r"\bjavascript\b", r"\ball rights reserved\b", r"\bterms of (use|service)\b",
                r"\bprivacy policy\b", r"\bsubscribe to (our|the) newsletter\b", r"\bclick here\b",
-               r"^\s*(share|tweet|like|follow us)( on \w+)?\s*[|·]?\s*$", r"^\s*(home|menu|login|sign in)\s*[|·>]"]
+               r"^\s*(share|tweet|follow us)\b[^.!?]*$", r"^\s*(home|menu|login|sign in)\s*[|·>]"]
 
 # Gopher's thresholds for documents; `default` keeps them but judges texts of any length.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -128,12 +128,17 @@ def _luhn(digits: str) -> bool:
 
 def mask_pii(text: str) -> str:
     """E-mail addresses, IP addresses, card numbers (Luhn-valid) and phone numbers replaced by a tag."""
+    kept: list[str] = []  # long digit runs that are not cards (order numbers): hidden from the phone pattern
+
+    def card(match: re.Match) -> str:
+        if _luhn(re.sub(r"\D", "", match.group())):
+            return "<CARD>"
+        kept.append(match.group())
+        return f"\x00{len(kept) - 1}\x00"
+
     for kind, pattern, tag in PII:
-        if kind == "CARD":
-            text = pattern.sub(lambda m: tag if _luhn(re.sub(r"\D", "", m.group())) else m.group(), text)
-        else:
-            text = pattern.sub(tag, text)
-    return text
+        text = pattern.sub(card, text) if kind == "CARD" else pattern.sub(tag, text)
+    return re.sub("\x00(\\d+)\x00", lambda m: kept[int(m.group(1))], text)
 
 
 # ---------------------------------------------------------------- quality rules

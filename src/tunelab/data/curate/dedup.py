@@ -29,8 +29,8 @@ class DedupConfig(Options):
 
     exact: bool = opt(True, "remove copies identical after normalising case, punctuation and spaces")
     near: bool = opt(True, "remove near-duplicates (MinHash LSH over word n-grams)")
-    ngram: int = opt(2, "words per shingle of the near-duplicate check", ge=1)
-    threshold: float = opt(0.6, "Jaccard similarity of shingle sets at which two records are near-duplicates",
+    ngram: int = opt(1, "words per shingle of the near-duplicate check (1: word sets)", ge=1)
+    threshold: float = opt(0.7, "Jaccard similarity of shingle sets at which two records are near-duplicates",
                            gt=0, le=1)
     num_perm: int = opt(128, "MinHash permutations: more estimate the similarity closer, slower", ge=16)
     semantic: bool = opt(False, "also remove records whose embeddings are this close (packaged MiniLM embedder)")
@@ -83,8 +83,13 @@ class Duplicates:
         return self.keep.count(False)
 
 
-def find_duplicates(texts: list[str], cfg: DedupConfig, embed=None) -> Duplicates:
-    """Cluster `texts` (one per record, in file order) by the checks `cfg` asks for."""
+def find_duplicates(texts: list[str], cfg: DedupConfig, embed=None, sources: list[int] | None = None) -> Duplicates:
+    """Cluster `texts` (one per record, in file order) by the checks `cfg` asks for.
+
+    sources: each text's file number; a cluster keeps a record of its earliest file (list the
+        validation file first and its records stay, their near-copies leave training), then
+        the longest or first there. embed: texts -> vectors, instead of the packaged embedder.
+    """
     from datasketch import MinHash, MinHashLSH
 
     n = len(texts)
@@ -129,7 +134,8 @@ def find_duplicates(texts: list[str], cfg: DedupConfig, embed=None) -> Duplicate
     for group in members.values():
         if len(group) == 1:
             continue
-        kept = max(group, key=lambda i: (len(texts[i]), -i)) if cfg.keep == "longest" else group[0]
+        rank = (lambda i: -len(texts[i])) if cfg.keep == "longest" else (lambda i: i)
+        kept = min(group, key=lambda i: (sources[i] if sources else 0, rank(i), i))
         clusters.append([kept] + [i for i in group if i != kept])
         for i in group:
             if i != kept:
@@ -154,7 +160,8 @@ def record_texts(records: list[dict]) -> list[str]:
 
 
 def dedup_files(sources: list[str | Path], output: str | Path, cfg: DedupConfig, force: bool = False) -> dict:
-    """Duplicates removed across `sources` together (a near-copy of a validation record leaves training too).
+    """Duplicates removed across `sources` together (a near-copy of a validation record leaves training too:
+    a cluster keeps its record from the earliest file given).
 
     One source: `output` is the file written. Several: `output` is a folder getting a file of each
     source's name. The clusters go to clusters.jsonl beside them, each member with its file:line.
@@ -171,7 +178,7 @@ def dedup_files(sources: list[str | Path], output: str | Path, cfg: DedupConfig,
     for target in targets:
         check_output(target, sources, force)
     rows = [(data, where, k) for k, source in enumerate(sources) for data, where in records(source)]
-    found = find_duplicates(record_texts([r[0] for r in rows]), cfg)
+    found = find_duplicates(record_texts([r[0] for r in rows]), cfg, sources=[r[2] for r in rows])
     for k, target in enumerate(targets):
         with JsonlWriter(target) as out:
             for i, (data, _, source) in enumerate(rows):
