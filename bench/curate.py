@@ -212,7 +212,8 @@ def main() -> None:
     figures = {"dedup_precision": s["precision"], "dedup_recall": s["recall"],
                **{k: v for k, v in s.items() if k.startswith("recall_")}, "junk_removed": round(junk_removed, 4),
                "clean_kept": round(clean_kept, 4), "records_per_s": round(n / ours, 1),
-               "plain_datasketch_records_per_s": round(n / baseline, 1), "vs_plain_datasketch": round(baseline / ours, 2)}
+               "plain_datasketch_records_per_s": round(n / baseline, 1),
+               "vs_plain_datasketch": round(baseline / ours, 2)}
     save("curate", figures, quick=args.quick)
     print(" ".join(f"{k}={figures[k]}" for k in ("dedup_precision", "dedup_recall", "junk_removed", "clean_kept",
                                                   "records_per_s", "vs_plain_datasketch")))

@@ -187,3 +187,20 @@ def test_the_data_commands(tmp_path, capsys):
     warning = overlap_warning(train, evaluation)
     assert "1 test item(s)" in warning and "tunelab data decontaminate" in warning
     assert overlap_warning(evaluation, _write(tmp_path / "none.jsonl", [{"text": PROSE}])) is None
+
+
+def test_eval_warns_when_a_task_file_overlaps_a_runs_training_file(tmp_path):
+    from tunelab.eval.config import EvalConfig
+    from tunelab.eval.runner import _overlaps
+
+    question = "Which river runs through the old town and past the mill where the miller has worked for years?"
+    train = _write(tmp_path / "train.jsonl", [{"prompt": question, "completion": "The Avon."}])
+    clean = _write(tmp_path / "clean.jsonl", [{"prompt": "What is the capital of France, the country?", "answer": "x"}])
+    quoted = _write(tmp_path / "quoted.jsonl", [{"prompt": question, "answer": "The Avon."}])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"data: {{train: {train}}}\n")
+    tasks = [{"file": str(clean), "kind": "generate"}, {"file": str(quoted), "kind": "generate"}]
+    cfg = EvalConfig.load({"models": [{"model": "tiny"}, {"model": "tiny", "adapter": str(run)}], "tasks": tasks})
+    warnings = _overlaps(cfg)
+    assert len(warnings) == 1 and str(quoted) in warnings[0] and str(train) in warnings[0]

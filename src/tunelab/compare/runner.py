@@ -96,6 +96,12 @@ def compare(task: CompareTask | str | Path, overrides: list[str] | None = None, 
     order = sorted(jobs, key=lambda n: rough[n].seconds)
     console.print(f"compare {task.name}: {data.kind} task, {len(data.train):,} train / {len(data.test):,} test, "
                   f"metric {data.metric}; {len(order)} routes within {budget / 60:.0f} min: {', '.join(order)}")
+    if task.test:
+        from tunelab.data.curate.decontaminate import overlap_warning
+
+        warning = overlap_warning(task.train, task.test)  # a test file a training record quotes scores too well
+        if warning:
+            console.print(f"[yellow]{warning}[/yellow]")
     state = _State(task, data, folder, budget, started, memory, order)
     if ray:
         _run_on_ray(ray, order, jobs, state, console)

@@ -235,6 +235,8 @@ def evaluate(cfg: EvalConfig, console: Console | None = None) -> dict:
     """
     console = console or Console()
     folder = _folder(cfg)
+    for warning in _overlaps(cfg):
+        console.print(f"[yellow]{warning}[/yellow]")
     if cfg.run:
         from tunelab.eval.from_run import run_defaults
 
@@ -296,6 +298,36 @@ def evaluate(cfg: EvalConfig, console: Console | None = None) -> dict:
     console.print(f"report: {paths['markdown']}  {paths['html']}  {paths['json']}")
     report["folder"] = str(folder)
     return report
+
+
+def _overlaps(cfg: EvalConfig) -> list[str]:
+    """A warning for each task file that shares 13-grams with the training file of a run evaluated."""
+    from tunelab.data.curate.decontaminate import overlap_warning
+    from tunelab.errors import TunelabError
+
+    runs = [m.adapter for m in cfg.models if m.adapter] + ([cfg.run] if cfg.run else [])
+    warnings = []
+    for run in dict.fromkeys(runs):
+        train = _training_file(run)
+        for task in cfg.tasks:
+            if train and task.file and Path(task.file).is_file():
+                try:
+                    warning = overlap_warning(train, task.file)
+                except TunelabError:  # a file the check cannot read is the task's own error to report
+                    continue
+                if warning:
+                    warnings.append(warning)
+    return warnings
+
+
+def _training_file(run: str) -> str | None:
+    import yaml
+
+    try:
+        train = (yaml.safe_load((Path(run) / "config.yaml").read_text(encoding="utf-8")) or {})["data"]["train"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    return train if train and Path(train).is_file() else None
 
 
 def _write(report: dict, names: list[str], folder: Path) -> dict[str, Path]:

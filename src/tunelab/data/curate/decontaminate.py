@@ -1,8 +1,10 @@
 """Training records that overlap evaluation data, found by shared word n-grams.
 
 GPT-3 (Brown et al. 2020, appendix C) calls a training document contaminated when it shares
-a 13-gram with an evaluation item; items shorter than that are matched whole. Words are
-normalised (case, punctuation) first, as `dedup.normalise` does, so a re-cased copy is found.
+a 13-gram with an evaluation item. Here each text field of an item (its question, its passage,
+its answer) is indexed on its own, so a training record quoting only the question is found;
+a field shorter than 13 words is matched whole. Words are normalised (case, punctuation)
+first, as `dedup.normalise` does, so a re-cased copy is found.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ from pathlib import Path
 
 from tunelab.config.options import Options, opt
 from tunelab.data.curate.dedup import normalise
-from tunelab.data.curate.fields import all_text
+from tunelab.data.curate.fields import all_text, texts
 
 
 class DecontaminateConfig(Options):
     """How `tunelab data decontaminate` decides that a training record overlaps an evaluation item."""
 
     ngram: int = opt(13, "words in the n-grams compared (GPT-3: 13)", ge=3)
-    min_item_words: int = opt(8, "evaluation items shorter than ngram words are matched whole when they have at least "
+    min_item_words: int = opt(8, "an evaluation field shorter than ngram words is matched whole when it has at least "
                               "this many words; shorter ones are skipped (too common to mean a copy)", ge=1)
 
 
@@ -54,14 +56,15 @@ class Index:
         self.short: dict[int, dict[int, set[str]]] = {}  # a short item's length -> its hash -> items
         self.items = 0
 
-    def add(self, text: str, item: str) -> None:
-        words = normalise(text).split()
+    def add(self, record: dict, item: str) -> None:
         self.items += 1
-        if len(words) >= self.cfg.ngram:
-            for g in _grams(words, self.cfg.ngram):
-                self.grams.setdefault(g, set()).add(item)
-        elif len(words) >= self.cfg.min_item_words:
-            self.short.setdefault(len(words), {}).setdefault(hash(" ".join(words)), set()).add(item)
+        for text in texts(record):  # field by field
+            words = normalise(text).split()
+            if len(words) >= self.cfg.ngram:
+                for g in _grams(words, self.cfg.ngram):
+                    self.grams.setdefault(g, set()).add(item)
+            elif len(words) >= self.cfg.min_item_words:
+                self.short.setdefault(len(words), {}).setdefault(hash(" ".join(words)), set()).add(item)
 
     def matches(self, text: str) -> set[str]:
         words = normalise(text).split()
@@ -79,7 +82,7 @@ def find_contamination(train: Iterable[dict], evaluation: Iterable[tuple[dict, s
     """Training records (in order) sharing an n-gram with an evaluation item (record, "file:line")."""
     index = Index(cfg or DecontaminateConfig())
     for record, where in evaluation:
-        index.add(all_text(record), where)
+        index.add(record, where)
     result = Contamination()
     for i, record in enumerate(train):
         found = index.matches(all_text(record))

@@ -24,8 +24,8 @@ def answers(data: dict) -> list[str]:
     return [data[k] for k in ANSWER_FIELDS if isinstance(data.get(k), str)]
 
 
-def all_text(data: Any) -> str:
-    """Every string in the record, in field order, joined by newlines (labels and numbers left out)."""
+def texts(data: Any) -> list[str]:
+    """Every string field of the record, in field order (roles, labels and ids left out)."""
     out: list[str] = []
 
     def walk(value: Any) -> None:
@@ -40,7 +40,12 @@ def all_text(data: Any) -> str:
                 walk(v)
 
     walk(data)
-    return "\n".join(out)
+    return out
+
+
+def all_text(data: Any) -> str:
+    """Every string field of the record joined by newlines."""
+    return "\n".join(texts(data))
 
 
 def map_strings(data: Any, fn: Callable[[str], str]) -> Any:
