@@ -87,7 +87,8 @@ def test_chat_records_are_judged_by_their_answers_and_kept_or_dropped_whole():
 def test_language_identification_keeps_the_languages_asked_for():
     cleaner = Cleaner(CleanConfig(languages=["en"]))
     assert cleaner({"text": PROSE})[1] is None
-    french = "La rivière traverse la vieille ville et passe devant le moulin, où le meunier travaille depuis des années."
+    french = ("La rivière traverse la vieille ville et passe devant le moulin, où le meunier travaille depuis des "
+              "années.")
     assert cleaner({"text": french})[1] == "language"
 
 
@@ -177,7 +178,8 @@ def test_the_data_commands(tmp_path, capsys):
                                               {"instruction": eval_rows[1]["question"], "output": "The river."}])
     assert main(["data", "dedup", str(train), "--output", str(tmp_path / "d.jsonl")]) == 0
     assert json.loads(capsys.readouterr().out)["removed"] == {"exact": 1}
-    assert main(["data", "decontaminate", str(train), "--against", str(evaluation), "-o", str(tmp_path / "x.jsonl")]) == 0
+    out = tmp_path / "x.jsonl"
+    assert main(["data", "decontaminate", str(train), "--against", str(evaluation), "-o", str(out)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["contaminated_items"] == {f"{evaluation}:2": [f"{train}:3"]} and report["kept"] == 2
     assert main(["data", "clean", str(train), str(tmp_path / "c.jsonl"), "--pii", "--min-words", "20"]) == 0

@@ -69,8 +69,8 @@ def _check_golds(task: TaskConfig, data) -> None:
 
 def load(spec: ModelSpec, default_model: str | None, dtype_name: str):
     """(model, tokenizer) for a model spec, on the GPU when there is one; any failure is one ModelError."""
-    from tunelab.models import load_model, load_run
     from tunelab.hardware import compute_dtype
+    from tunelab.models import load_model, load_run
 
     base = spec.model or (None if spec.adapter else default_model)
     what = f"adapter {spec.adapter} on {base or 'its recorded base'}" if spec.adapter else f"model {base}"
