@@ -194,6 +194,12 @@ def test_data_tab_shows_format_examples_and_lengths(page, workspace):
     expect(page.locator("#data-summary")).to_contain_text("examples: 24")
     expect(page.locator("#data-examples")).to_contain_text("Say the word number 0")
     expect(page.locator("#data-lengths img, #data-lengths svg, #data-lengths canvas").first).to_be_visible()
+    page.get_by_text("curate: clean and deduplicate").click()
+    page.locator("#data-clean").click()
+    _until(page, "data-curated", "kept", "data-error")
+    curated = workspace / ".tunelab-ui" / "data" / "train.clean.jsonl"
+    expect(page.locator("#data-file").locator("textarea, input").first).to_have_value(str(curated))
+    assert len(curated.read_text().splitlines()) == 24 and (workspace / "train.jsonl").is_file()
     _shot(page, "data")
 
 

@@ -1,5 +1,6 @@
 """Data: a file's detected format, examples as the model sees them (learned tokens marked),
-token lengths, truncation and bad records; what `tunelab data FILE` prints, drawn."""
+token lengths, truncation and bad records (what `tunelab data FILE` prints, drawn); and the file
+cleaned or deduplicated (`tunelab data clean / dedup`) into the UI's folder."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import gradio as gr
 
 from tunelab.config import DataConfig
+from tunelab.data.curate.clean import CleanConfig
+from tunelab.data.curate.dedup import DedupConfig
 from tunelab.ui.context import Context, error_text
 from tunelab.ui.forms import Form
 
@@ -37,8 +40,25 @@ def build(ctx: Context) -> None:
                                       elem_id="data-examples")
         lengths = gr.Plot(label="token lengths", elem_id="data-lengths")
         bad = gr.Textbox(label="bad records", lines=4, elem_id="data-bad")
+        with gr.Accordion("curate: clean and deduplicate (tunelab data clean / dedup)", open=False):
+            gr.Markdown("The result is written to the UI's folder and becomes the file shown above; the input is "
+                        "left as it is.")
+            with gr.Row():
+                with gr.Column():
+                    clean_form = Form(CleanConfig, "clean")
+                    clean_button = gr.Button("Clean", elem_id="data-clean")
+                with gr.Column():
+                    dedup_form = Form(DedupConfig, "dedup")
+                    dedup_button = gr.Button("Deduplicate", elem_id="data-dedup")
+            curated = gr.JSON(label="what the step did", elem_id="data-curated")
 
         upload.upload(lambda f: f, upload, file)
+        n = len(clean_form.inputs)
+        clean_button.click(lambda f, *v: curate(ctx, "clean", clean_form, f, v[:n]), [file, *clean_form.inputs],
+                           [error, curated, file])
+        m = len(dedup_form.inputs)
+        dedup_button.click(lambda f, *v: curate(ctx, "dedup", dedup_form, f, v[:m]), [file, *dedup_form.inputs],
+                           [error, curated, file])
         inspect_button.click(lambda *v: inspect(ctx, form, *v), [file, model, *form.inputs],
                              [error, summary, examples, lengths, bad])
 
@@ -63,6 +83,23 @@ def inspect(ctx: Context, form: Form, file: str, model: str, *values):
         return (error_text(e), *blank[1:])
     return ("", _summary(data.stats), _highlighted(data.train[:SHOWN], tokenizer),
             _histogram([len(e["input_ids"]) for e in data.train], cfg.max_length), "\n".join(data.bad[:50]))
+
+
+def curate(ctx: Context, step: str, form: Form, file: str, values):
+    """Clean or deduplicate the file shown into the UI's folder; the result becomes the file shown."""
+    from tunelab.data.curate.clean import clean_file
+    from tunelab.data.curate.dedup import dedup_files
+
+    try:
+        path = ctx.sandbox.path(file, "data file")
+        out = ctx.state / "data" / f"{path.name.removesuffix('.jsonl')}.{step}.jsonl"
+        if step == "clean":
+            result = clean_file(path, out, CleanConfig.load(form.raw(values), "clean"), force=True)
+        else:
+            result = dedup_files([path], out, DedupConfig.load(form.raw(values), "dedup"), force=True)
+    except Exception as e:  # noqa: BLE001
+        return error_text(e), None, gr.skip()
+    return "", result, str(out)
 
 
 def _summary(stats: dict) -> str:
