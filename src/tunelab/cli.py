@@ -359,8 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     from tunelab.data.cli import add_parser as add_data_parser
+    from tunelab.data.cli import add_tokenizer_parser
 
     add_data_parser(sub)
+    add_tokenizer_parser(sub)
 
     p = sub.add_parser("generate", help="batched generation over a JSONL file of prompts")
     add_command_flags(p, "generate")

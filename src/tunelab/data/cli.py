@@ -50,6 +50,44 @@ def cmd_decontaminate(args) -> int:
     return 0
 
 
+def cmd_tokenizer_train(args) -> int:
+    from tunelab.data.tokenizer import TokenizerConfig, train
+
+    cfg = TokenizerConfig.load(given(args, "tokenizer"), "flags")
+    print(json.dumps(train(args.corpus, args.output, cfg, force=args.force), indent=2))
+    return 0
+
+
+def cmd_tokenizer_extend(args) -> int:
+    from tunelab.data.tokenizer import extend
+
+    print(json.dumps(extend(args.model, args.add_tokens, args.output, corpus=args.corpus, force=args.force), indent=2))
+    return 0
+
+
+def add_tokenizer_parser(sub) -> None:
+    """Register `tunelab tokenizer train | extend`."""
+    from tunelab.data.tokenizer import TokenizerConfig
+
+    tok = sub.add_parser("tokenizer", help="a byte-level BPE tokenizer trained on your corpus, or a model's extended "
+                         "with domain tokens; tokens per word reported against the model's own")
+    commands = tok.add_subparsers(dest="tokenizer_command", required=True)
+    p = commands.add_parser("train", help="train a byte-level BPE tokenizer (ChatML special tokens and template)")
+    p.add_argument("corpus", nargs="+", help=".txt files (a paragraph per text), record files, or folders")
+    p.add_argument("--output", "-o", required=True, help="the tokenizer folder written (transformers' form)")
+    p.add_argument("--force", action="store_true", help="replace the output if it exists")
+    add_flags(p, TokenizerConfig, "tokenizer", title="tokenizer")
+    p.set_defaults(func=cmd_tokenizer_train)
+    p = commands.add_parser("extend", help="add domain tokens to a model; new embeddings start as the mean of their "
+                            "old sub-token embeddings")
+    p.add_argument("model", help="alias, model folder or run's exported model")
+    p.add_argument("--add-tokens", required=True, help="a file with one new token per line")
+    p.add_argument("--output", "-o", required=True, help="the model folder written (model and tokenizer)")
+    p.add_argument("--corpus", nargs="*", help="text to report tokens per word on, before and after")
+    p.add_argument("--force", action="store_true", help="replace the output if it exists")
+    p.set_defaults(func=cmd_tokenizer_extend)
+
+
 def add_parser(sub) -> None:
     """Register `tunelab data ...` on the main command table; option flags come from the config schema."""
     from tunelab.config import DataConfig, ModelConfig
