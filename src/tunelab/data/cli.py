@@ -9,7 +9,7 @@ import json
 
 from tunelab.config.flags import add_flags, given
 
-COMMANDS = ("check", "clean", "dedup", "decontaminate")
+COMMANDS = ("check", "clean", "dedup", "decontaminate", "synth")
 
 
 def cmd_check(args) -> int:
@@ -50,6 +50,41 @@ def cmd_decontaminate(args) -> int:
     return 0
 
 
+def cmd_synth(args) -> int:
+    from tunelab.data.synth import answers, evol, self_instruct
+    from tunelab.data.synth.output import Output
+    from tunelab.data.synth.teacher import TeacherConfig, make_teacher
+
+    teacher_cfg = TeacherConfig.load(given(args, "teacher"), "flags")
+    method = args.synth_command
+    options = {"self-instruct": self_instruct.SelfInstructConfig, "evol": evol.EvolConfig,
+               "pairs": answers.PairsConfig}.get(method)
+    cfg = options.load(given(args, "synth"), "flags") if options else None  # checked before the teacher loads
+    records = [] if method == "self-instruct" else [data for data, _ in _records(args.input)]
+    out = Output(args.output, resume=args.resume)
+    teacher = make_teacher(teacher_cfg)
+    try:
+        if method == "self-instruct":
+            summary = self_instruct.self_instruct(teacher, out, cfg, teacher_cfg.name)
+        elif method == "evol":
+            summary = evol.evolve(teacher, records, out, cfg, teacher_cfg.name)
+        elif method == "answers":
+            summary = answers.answer(teacher, records, out, teacher_cfg.name, max_new_tokens=args.max_new_tokens)
+        else:
+            summary = answers.pairs(teacher, records, out, cfg, teacher_cfg.name)
+    finally:
+        out.close()
+        teacher.close()
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _records(path):
+    from tunelab.data.curate.io import records
+
+    return records(path)
+
+
 def cmd_tokenizer_train(args) -> int:
     from tunelab.data.tokenizer import TokenizerConfig, train
 
@@ -88,6 +123,35 @@ def add_tokenizer_parser(sub) -> None:
     p.set_defaults(func=cmd_tokenizer_extend)
 
 
+def add_synth_parser(commands) -> None:
+    """`tunelab data synth self-instruct | evol | answers | pairs`."""
+    from tunelab.data.synth.answers import PairsConfig
+    from tunelab.data.synth.evol import EvolConfig
+    from tunelab.data.synth.self_instruct import SelfInstructConfig
+    from tunelab.data.synth.teacher import TeacherConfig
+
+    synth = commands.add_parser("synth", help="data written by a teacher model (local or an OpenAI-compatible "
+                                "endpoint): self-instruct, evol, answers, pairs; resumable")
+    methods = synth.add_subparsers(dest="synth_command", required=True)
+    helps = {"self-instruct": "new instruction records from seed tasks (Self-Instruct)",
+             "evol": "instructions rewritten deeper or broader, then answered (Evol-Instruct)",
+             "answers": "the teacher's answers to your instructions (distillation data)",
+             "pairs": "two sampled answers per prompt ranked by a judge or a reward model (dpo / rm data)"}
+    options = {"self-instruct": SelfInstructConfig, "evol": EvolConfig, "pairs": PairsConfig}
+    for name, help_text in helps.items():
+        p = methods.add_parser(name, help=help_text)
+        if name != "self-instruct":
+            p.add_argument("input", help="records with instruction (and input), prompt, question or messages")
+        p.add_argument("--output", "-o", required=True, help="JSON Lines written as records are made")
+        p.add_argument("--resume", action="store_true", help="continue an interrupted run from its output")
+        if name == "answers":
+            p.add_argument("--max-new-tokens", type=int, default=256, help="the longest answer")
+        add_flags(p, TeacherConfig, "teacher", title="teacher")
+        if name in options:
+            add_flags(p, options[name], "synth", title=name)
+        p.set_defaults(func=cmd_synth)
+
+
 def add_parser(sub) -> None:
     """Register `tunelab data ...` on the main command table; option flags come from the config schema."""
     from tunelab.config import DataConfig, ModelConfig
@@ -122,6 +186,8 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help=force)
     add_flags(p, DedupConfig, "dedup", title="duplicates")
     p.set_defaults(func=cmd_dedup)
+
+    add_synth_parser(commands)
 
     p = commands.add_parser("decontaminate", help="remove training records sharing an n-gram (13 words) with "
                             "evaluation data; report which items were contaminated and by what")
