@@ -159,7 +159,7 @@ def add_parser(sub) -> None:
     from tunelab.data.curate.decontaminate import DecontaminateConfig
     from tunelab.data.curate.dedup import DedupConfig
 
-    data = sub.add_parser("data", help="check and improve data: check, clean, dedup, decontaminate")
+    data = sub.add_parser("data", help="check and improve data: check, clean, dedup, decontaminate, synth")
     commands = data.add_subparsers(dest="data_command", required=True)
 
     p = commands.add_parser("check", help="a data file as training reads it: format, token lengths, truncation, "
