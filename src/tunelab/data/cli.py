@@ -58,8 +58,8 @@ def cmd_synth(args) -> int:
     teacher_cfg = TeacherConfig.load(given(args, "teacher"), "flags")
     method = args.synth_command
     options = {"self-instruct": self_instruct.SelfInstructConfig, "evol": evol.EvolConfig,
-               "pairs": answers.PairsConfig}.get(method)
-    cfg = options.load(given(args, "synth"), "flags") if options else None  # checked before the teacher loads
+               "answers": answers.AnswersConfig, "pairs": answers.PairsConfig}[method]
+    cfg = options.load(given(args, "synth"), "flags")  # checked before the teacher loads
     records = [] if method == "self-instruct" else [data for data, _ in _records(args.input)]
     out = Output(args.output, resume=args.resume)
     teacher = make_teacher(teacher_cfg)
@@ -69,7 +69,7 @@ def cmd_synth(args) -> int:
         elif method == "evol":
             summary = evol.evolve(teacher, records, out, cfg, teacher_cfg.name)
         elif method == "answers":
-            summary = answers.answer(teacher, records, out, teacher_cfg.name, max_new_tokens=args.max_new_tokens)
+            summary = answers.answer(teacher, records, out, teacher_cfg.name, cfg)
         else:
             summary = answers.pairs(teacher, records, out, cfg, teacher_cfg.name)
     finally:
@@ -125,7 +125,7 @@ def add_tokenizer_parser(sub) -> None:
 
 def add_synth_parser(commands) -> None:
     """`tunelab data synth self-instruct | evol | answers | pairs`."""
-    from tunelab.data.synth.answers import PairsConfig
+    from tunelab.data.synth.answers import AnswersConfig, PairsConfig
     from tunelab.data.synth.evol import EvolConfig
     from tunelab.data.synth.self_instruct import SelfInstructConfig
     from tunelab.data.synth.teacher import TeacherConfig
@@ -137,18 +137,16 @@ def add_synth_parser(commands) -> None:
              "evol": "instructions rewritten deeper or broader, then answered (Evol-Instruct)",
              "answers": "the teacher's answers to your instructions (distillation data)",
              "pairs": "two sampled answers per prompt ranked by a judge or a reward model (dpo / rm data)"}
-    options = {"self-instruct": SelfInstructConfig, "evol": EvolConfig, "pairs": PairsConfig}
+    options = {"self-instruct": SelfInstructConfig, "evol": EvolConfig, "answers": AnswersConfig,
+               "pairs": PairsConfig}
     for name, help_text in helps.items():
         p = methods.add_parser(name, help=help_text)
         if name != "self-instruct":
             p.add_argument("input", help="records with instruction (and input), prompt, question or messages")
         p.add_argument("--output", "-o", required=True, help="JSON Lines written as records are made")
         p.add_argument("--resume", action="store_true", help="continue an interrupted run from its output")
-        if name == "answers":
-            p.add_argument("--max-new-tokens", type=int, default=256, help="the longest answer")
         add_flags(p, TeacherConfig, "teacher", title="teacher")
-        if name in options:
-            add_flags(p, options[name], "synth", title=name)
+        add_flags(p, options[name], "synth", title=name)
         p.set_defaults(func=cmd_synth)
 
 

@@ -9,6 +9,13 @@ from tunelab.config.options import Options, opt
 PROMPT_VERSION = "answers-v1"
 
 
+class AnswersConfig(Options):
+    """How the teacher answers instructions (greedy)."""
+
+    max_new_tokens: int = opt(256, "the longest answer; one cut off here is dropped", ge=16)
+    batch: int = opt(32, "instructions sent together", ge=1)
+
+
 class PairsConfig(Options):
     """How preference pairs are made: two sampled answers, ranked."""
 
@@ -35,14 +42,16 @@ def prompt_of(record: dict) -> str:
     raise DataError(f"a record has no instruction, prompt, question or user turn: {list(record)}")
 
 
-def answer(teacher, records: list[dict], out, teacher_name: str, max_new_tokens: int = 256, batch: int = 32) -> dict:
+def answer(teacher, records: list[dict], out, teacher_name: str, cfg: AnswersConfig | None = None) -> dict:
     """The teacher's greedy answer to each record (records already answered in `out` are skipped)."""
+    cfg = cfg or AnswersConfig()
+    batch = cfg.batch
     done = {r["instruction"] for r in out.records}
     todo = [p for p in (prompt_of(r) for r in records) if p not in done]
     for start in range(0, len(todo), batch):
         chunk = todo[start:start + batch]
         for question, (text, cut) in zip(chunk, teacher.complete([[{"role": "user", "content": q}] for q in chunk],
-                                                                 DecodingConfig(max_new_tokens=max_new_tokens))):
+                                                                 DecodingConfig(max_new_tokens=cfg.max_new_tokens))):
             if not text.strip() or cut:
                 out.drop("empty_answer" if not text.strip() else "unfinished_answer")
                 continue
