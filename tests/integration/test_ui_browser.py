@@ -21,6 +21,7 @@ import pytest
 
 playwright = pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright (make setup)")
 pytest.importorskip("gradio", reason="tunelab ui needs gradio (make setup)")
+from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -117,9 +118,17 @@ def _choose(page, elem_id: str, *values: str) -> None:
     """Pick values in a Gradio dropdown (single or multiple)."""
     box = page.locator(f"#{elem_id} input").first
     for value in values:
-        box.click()
-        box.fill(value)
-        page.get_by_role("option", name=value, exact=True).click()
+        option = page.get_by_role("option", name=value, exact=True)
+        for attempt in range(12):  # the choices may still be on their way (a tab's refresh): type again
+            box.click()
+            box.fill(value)
+            try:
+                option.click(timeout=5_000)
+                break
+            except PlaywrightTimeout:
+                page.keyboard.press("Escape")
+        else:
+            raise AssertionError(f"{elem_id} never offered {value!r}")
     page.keyboard.press("Escape")
 
 

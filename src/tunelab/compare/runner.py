@@ -135,8 +135,8 @@ class _State:
             return 0, (f"plan: needs ~{est.peak_mb:,.0f} MiB, over the limit of {self.memory:,.0f} MiB; "
                        "try qlora, a smaller batch_size or max_length")
         share = remaining / max(routes_left, 1)
-        if est.seconds <= share:
-            return min(remaining, max(SLACK * est.seconds, est.seconds + 60)), None
+        if est.seconds <= share:  # never stopped inside its share: a plan can be off on a machine it misjudges
+            return min(remaining, max(SLACK * est.seconds, est.seconds + 60, share)), None
         if job["family"] == "training" and est.seconds_per_step > 0:
             fixed = est.start_s + est.infer_s
             steps = math.floor((share - fixed) / est.seconds_per_step)
