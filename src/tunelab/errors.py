@@ -31,3 +31,13 @@ class RunStopped(TunelabError):
     """Training was asked to stop (SIGTERM) and saved a checkpoint to resume from."""
 
     exit_code = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
+
+
+def needs(module: str, extra: str):
+    """`module` imported, or a ConfigError naming the optional extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"this needs {module}: pip install 'tunelab[{extra}]'") from None

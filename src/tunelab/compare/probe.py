@@ -52,8 +52,8 @@ def _probe(cfg: RunConfig, skeleton, batch: int, length: int) -> tuple[float, fl
     import torch
 
     from tunelab.compare.planner import REFERENCE, flops_per_token
-    from tunelab.methods import METHODS
     from tunelab.hardware import compute_dtype
+    from tunelab.methods import METHODS
     from tunelab.training.setup import load_for_training
 
     classify = cfg.objective_name in ("classify", "rm")

@@ -33,7 +33,7 @@ from tunelab.compare.routes import ladder
 from tunelab.compare.task import CompareTask, TaskData, load_task, read_task
 from tunelab.config import to_dict, write_yaml
 from tunelab.config.files import write_text_atomic
-from tunelab.errors import ConfigError, RunError
+from tunelab.errors import ConfigError, RunError, needs
 from tunelab.eval.runner import slug
 
 MIN_STEPS = 10  # fewer optimizer steps than this measure the start, not the route
@@ -92,7 +92,7 @@ def compare(task: CompareTask | str | Path, overrides: list[str] | None = None, 
                           f"route: the cheapest, {cheapest}, needs about {rough[cheapest].seconds / 60:.1f} min on "
                           f"this machine; raise it, or set limit_test / limit_train")
     if search:
-        _needs("optuna", "search")
+        needs("optuna", "search")
     order = sorted(jobs, key=lambda n: rough[n].seconds)
     console.print(f"compare {task.name}: {data.kind} task, {len(data.train):,} train / {len(data.test):,} test, "
                   f"metric {data.metric}; {len(order)} routes within {budget / 60:.0f} min: {', '.join(order)}")
@@ -231,7 +231,7 @@ class _State:
 def _run_on_ray(address: str, order: list[str], jobs: dict[str, dict], state: _State, console: Console) -> None:
     """Every route as a Ray task, asking for the CPUs, GPUs and memory its plan says it needs; the
     budget is shared out up front (routes run side by side, so nothing is left over to pass on)."""
-    ray = _needs("ray", "ray")
+    ray = needs("ray", "ray")
     local = {"_node_ip_address": "127.0.0.1"} if address.startswith(("127.0.0.1", "localhost")) else {}
     ray.init(address=address, logging_level="ERROR", log_to_driver=False, **local)  # loopback: no outside address
     try:
@@ -287,15 +287,6 @@ def _launch_remote(folder: str, limit: float, memory: float | None, deadline: fl
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _needs(module: str, extra: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(f"this needs {module}: pip install 'tunelab[{extra}]'") from None
 
 
 def _folder(task: CompareTask, resume: bool) -> Path:

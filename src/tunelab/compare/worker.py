@@ -106,8 +106,8 @@ def _labels(job: dict, folder: Path, times: dict) -> tuple[list, list]:
 def _classifier(run: Path, texts: list[str], batch_size: int, times: dict) -> list[str]:
     import torch
 
-    from tunelab.models import load_run
     from tunelab.hardware import compute_dtype
+    from tunelab.models import load_run
 
     t0 = time.time()
     model, tokenizer = load_run(run, dtype=compute_dtype("auto"))
@@ -129,9 +129,9 @@ def _label_scoring(job: dict, texts: list[str], times: dict) -> list[str]:
     Few-shot examples go in the same user turn, each with its label."""
     from tunelab.data.readers import read_records
     from tunelab.eval.classification import name_scores
+    from tunelab.hardware import compute_dtype
     from tunelab.models import load_model
     from tunelab.prompting.fewshot import Example, FewShotSelector
-    from tunelab.hardware import compute_dtype
 
     labels, settings = job["labels"], job["prompting"]
     instruction = job["instruction"] or f"Classify the text. Answer with one word: {', '.join(labels)}."
@@ -189,8 +189,8 @@ def _generate(job: dict, folder: Path, times: dict) -> tuple[list, list]:
 
 
 def _generator(job: dict, folder: Path):
-    from tunelab.models import load_model, load_run
     from tunelab.hardware import compute_dtype
+    from tunelab.models import load_model, load_run
 
     if job["family"] == "training":
         return load_run(folder / "run", dtype=compute_dtype("auto"))

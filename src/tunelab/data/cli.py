@@ -30,7 +30,13 @@ def cmd_clean(args) -> int:
     from tunelab.data.curate.clean import CleanConfig, clean_file
 
     cfg = CleanConfig.load(given(args, "clean"), "flags")
-    print(json.dumps(clean_file(args.input, args.output, cfg, workers=args.workers, force=args.force), indent=2))
+    if args.ray:
+        from tunelab.data.curate import on_ray
+
+        summary = on_ray.clean(args.input, args.output, cfg, args.ray, args.workers, force=args.force)
+    else:
+        summary = clean_file(args.input, args.output, cfg, workers=args.workers or 1, force=args.force)
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -38,7 +44,13 @@ def cmd_dedup(args) -> int:
     from tunelab.data.curate.dedup import DedupConfig, dedup_files
 
     cfg = DedupConfig.load(given(args, "dedup"), "flags")
-    print(json.dumps(dedup_files(args.inputs, args.output, cfg, force=args.force), indent=2))
+    if args.ray:
+        from tunelab.data.curate import on_ray
+
+        summary = on_ray.dedup(args.inputs, args.output, cfg, args.ray, args.workers, force=args.force)
+    else:
+        summary = dedup_files(args.inputs, args.output, cfg, force=args.force, workers=args.workers or 1)
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -46,7 +58,15 @@ def cmd_decontaminate(args) -> int:
     from tunelab.data.curate.decontaminate import DecontaminateConfig, decontaminate_file
 
     cfg = DecontaminateConfig.load(given(args, "decontaminate"), "flags")
-    print(json.dumps(decontaminate_file(args.train, args.against, args.output, cfg, force=args.force), indent=2))
+    if args.ray:
+        from tunelab.data.curate import on_ray
+
+        summary = on_ray.decontaminate(args.train, args.against, args.output, cfg, args.ray, args.workers,
+                                       force=args.force)
+    else:
+        summary = decontaminate_file(args.train, args.against, args.output, cfg, force=args.force,
+                                     workers=args.workers or 1)
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -150,6 +170,14 @@ def add_synth_parser(commands) -> None:
         p.set_defaults(func=cmd_synth)
 
 
+def add_scale_flags(p) -> None:
+    """How clean, dedup and decontaminate spread their work: worker processes here, or a Ray cluster."""
+    p.add_argument("--workers", type=int, help="worker processes (default 1); with --ray, Ray workers (default: one "
+                   "per CPU of the cluster, less one). The input is streamed either way: files larger than memory pass")
+    p.add_argument("--ray", metavar="ADDRESS", help="run on Ray Data: 'local' (a Ray started here), 'auto' or a "
+                   "cluster's address; same output files (pip install 'tunelab[ray]')")
+
+
 def add_parser(sub) -> None:
     """Register `tunelab data ...` on the main command table; option flags come from the config schema."""
     from tunelab.config import DataConfig, ModelConfig
@@ -172,7 +200,7 @@ def add_parser(sub) -> None:
                             "(Gopher, C4 presets; language); dropped ones go to OUT.dropped.jsonl with their rule")
     p.add_argument("input")
     p.add_argument("output")
-    p.add_argument("--workers", type=int, default=1, help="processes cleaning records in parallel")
+    add_scale_flags(p)
     p.add_argument("--force", action="store_true", help=force)
     add_flags(p, CleanConfig, "clean", title="cleaning")
     p.set_defaults(func=cmd_clean)
@@ -181,6 +209,7 @@ def add_parser(sub) -> None:
                             "clusters go to a side file")
     p.add_argument("inputs", nargs="+", help="one or more files, deduplicated together")
     p.add_argument("--output", "-o", required=True, help="the file written (one input) or a folder (several)")
+    add_scale_flags(p)
     p.add_argument("--force", action="store_true", help=force)
     add_flags(p, DedupConfig, "dedup", title="duplicates")
     p.set_defaults(func=cmd_dedup)
@@ -192,6 +221,7 @@ def add_parser(sub) -> None:
     p.add_argument("train")
     p.add_argument("--against", nargs="+", required=True, help="evaluation files")
     p.add_argument("--output", "-o", required=True, help="the training file without the overlapping records")
+    add_scale_flags(p)
     p.add_argument("--force", action="store_true", help=force)
     add_flags(p, DecontaminateConfig, "decontaminate", title="overlap")
     p.set_defaults(func=cmd_decontaminate)

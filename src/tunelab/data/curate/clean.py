@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -275,23 +276,13 @@ class Cleaner:
 # ---------------------------------------------------------------- a file
 
 
-_worker_cleaner: Cleaner | None = None
-
-
-def _start_worker(cfg: CleanConfig) -> None:
-    global _worker_cleaner
-    _worker_cleaner = Cleaner(cfg)
-
-
-def _clean_one(cleaner: Cleaner, item: tuple[dict, str]) -> tuple[dict, str, str | None]:
+def _clean_batch(cleaner: Cleaner, batch: list[tuple[dict, str]]) -> list[tuple[dict, str, str | None]]:
     """(the cleaned record, or the original one when it is dropped: the side file loses nothing; where; rule)."""
-    original, where = item
-    data, rule = cleaner(original)
-    return (data if rule is None else original), where, rule
-
-
-def _clean_in_worker(item: tuple[dict, str]) -> tuple[dict, str, str | None]:
-    return _clean_one(_worker_cleaner, item)
+    out = []
+    for original, where in batch:
+        data, rule = cleaner(original)
+        out.append(((data if rule is None else original), where, rule))
+    return out
 
 
 def clean_file(source: str | Path, out: str | Path, cfg: CleanConfig, workers: int = 1, force: bool = False) -> dict:
@@ -299,31 +290,26 @@ def clean_file(source: str | Path, out: str | Path, cfg: CleanConfig, workers: i
 
     workers: processes that clean records in parallel (order is kept). Returns the counts per rule.
     """
-    from tunelab.data.curate.io import JsonlWriter, check_output, records, side_file
+    from tunelab.data.curate.io import check_output, records
+    from tunelab.data.curate.parallel import batched, ordered_map
 
     out = Path(out)
     check_output(out, [Path(source)], force)
-    counts: Counter = Counter()
-    items = records(source)
-    if workers > 1:
-        import multiprocessing
+    batches = ordered_map(_clean_batch, batched(records(source), 64), workers, Cleaner, cfg)
+    return write_cleaned(source, out, (row for batch in batches for row in batch))
 
-        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_start_worker, initargs=(cfg,))
-        results = pool.imap(_clean_in_worker, items, chunksize=64)
-    else:
-        pool, cleaner = None, Cleaner(cfg)
-        results = (_clean_one(cleaner, item) for item in items)
-    try:
-        with JsonlWriter(out) as kept, JsonlWriter(side_file(out, "dropped")) as dropped:
-            for data, where, rule in results:
-                counts[rule or "kept"] += 1
-                if rule is None:
-                    kept.write(data)
-                else:
-                    dropped.write({"rule": rule, "where": where, "record": data})
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+
+def write_cleaned(source: str | Path, out: Path, rows: Iterable[tuple[dict, str, str | None]]) -> dict:
+    """(record, where, rule) rows into OUT and OUT.dropped.jsonl; the summary of counts per rule."""
+    from tunelab.data.curate.io import JsonlWriter, side_file
+
+    counts: Counter = Counter()
+    with JsonlWriter(out) as kept, JsonlWriter(side_file(out, "dropped")) as dropped:
+        for data, where, rule in rows:
+            counts[rule or "kept"] += 1
+            if rule is None:
+                kept.write(data)
+            else:
+                dropped.write({"rule": rule, "where": where, "record": data})
     return {"input": str(source), "output": str(out), "records": sum(counts.values()), "kept": counts.pop("kept", 0),
             "dropped": dict(counts.most_common())}

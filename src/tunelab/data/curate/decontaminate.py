@@ -26,9 +26,10 @@ class DecontaminateConfig(Options):
                               "this many words; shorter ones are skipped (too common to mean a copy)", ge=1)
 
 
-def _grams(words: list[str], n: int) -> Iterable[int]:
+def _grams(words: list[str], n: int) -> Iterable[str]:
+    # the n-grams themselves are the keys: a str hash differs between processes, and workers share this index
     for i in range(len(words) - n + 1):
-        yield hash(" ".join(words[i:i + n]))
+        yield " ".join(words[i:i + n])
 
 
 @dataclass
@@ -52,8 +53,8 @@ class Index:
 
     def __init__(self, cfg: DecontaminateConfig):
         self.cfg = cfg
-        self.grams: dict[int, set[str]] = {}  # n-gram hash -> items
-        self.short: dict[int, dict[int, set[str]]] = {}  # a short item's length -> its hash -> items
+        self.grams: dict[str, set[str]] = {}  # n-gram -> items
+        self.short: dict[int, dict[str, set[str]]] = {}  # a short item's length -> its words -> items
         self.items = 0
 
     def add(self, record: dict, item: str) -> None:
@@ -64,7 +65,7 @@ class Index:
                 for g in _grams(words, self.cfg.ngram):
                     self.grams.setdefault(g, set()).add(item)
             elif len(words) >= self.cfg.min_item_words:
-                self.short.setdefault(len(words), {}).setdefault(hash(" ".join(words)), set()).add(item)
+                self.short.setdefault(len(words), {}).setdefault(" ".join(words), set()).add(item)
 
     def matches(self, text: str) -> set[str]:
         words = normalise(text).split()
@@ -77,12 +78,17 @@ class Index:
         return found
 
 
-def find_contamination(train: Iterable[dict], evaluation: Iterable[tuple[dict, str]],
-                       cfg: DecontaminateConfig | None = None) -> Contamination:
-    """Training records (in order) sharing an n-gram with an evaluation item (record, "file:line")."""
+def index_of(evaluation: Iterable[tuple[dict, str]], cfg: DecontaminateConfig | None = None) -> Index:
     index = Index(cfg or DecontaminateConfig())
     for record, where in evaluation:
         index.add(record, where)
+    return index
+
+
+def find_contamination(train: Iterable[dict], evaluation: Iterable[tuple[dict, str]],
+                       cfg: DecontaminateConfig | None = None) -> Contamination:
+    """Training records (in order) sharing an n-gram with an evaluation item (record, "file:line")."""
+    index = index_of(evaluation, cfg)
     result = Contamination()
     for i, record in enumerate(train):
         found = index.matches(all_text(record))
@@ -91,26 +97,43 @@ def find_contamination(train: Iterable[dict], evaluation: Iterable[tuple[dict, s
     return result
 
 
+def _match_batch(index: Index, batch: list[tuple[dict, str]]) -> list[tuple[dict, str, list[str]]]:
+    return [(data, where, sorted(index.matches(all_text(data)))) for data, where in batch]
+
+
 def decontaminate_file(train: str | Path, against: list[str | Path], out: str | Path,
-                       cfg: DecontaminateConfig | None = None, force: bool = False) -> dict:
+                       cfg: DecontaminateConfig | None = None, force: bool = False, workers: int = 1) -> dict:
     """`train` without the records overlapping any file of `against`, into `out`; the removed ones, with the
-    evaluation items they overlap, into OUT.removed.jsonl. Returns which items were contaminated, by which lines."""
-    from tunelab.data.curate.io import JsonlWriter, check_output, records, side_file
+    evaluation items they overlap, into OUT.removed.jsonl. Returns which items were contaminated, by which lines.
+
+    The evaluation items are held as an n-gram index (evaluation sets are small); the training file is
+    streamed through `workers` processes, each with a copy of the index."""
+    from tunelab.data.curate.io import check_output, records
+    from tunelab.data.curate.parallel import batched, given, ordered_map
 
     out = Path(out)
     check_output(out, [Path(train), *map(Path, against)], force)
-    rows = list(records(train))
-    found = find_contamination((data for data, _ in rows),
-                               (item for path in against for item in records(path)), cfg)
+    index = index_of((item for path in against for item in records(path)), cfg)
+    matched = ordered_map(_match_batch, batched(records(train), 64), workers, given, index)
+    return write_decontaminated(train, out, (row for batch in matched for row in batch))
+
+
+def write_decontaminated(train: str | Path, out: Path, rows: Iterable[tuple[dict, str, list[str]]]) -> dict:
+    """(record, where, the items it overlaps) rows into OUT and OUT.removed.jsonl; the summary."""
+    from tunelab.data.curate.io import JsonlWriter, side_file
+
+    total, items = 0, {}
     with JsonlWriter(out) as kept, JsonlWriter(side_file(out, "removed")) as removed:
-        for i, (data, where) in enumerate(rows):
-            if i in found.hits:
-                removed.write({"where": where, "overlaps": sorted(found.hits[i]), "record": data})
+        for data, where, overlaps in rows:
+            total += 1
+            if overlaps:
+                removed.write({"where": where, "overlaps": overlaps, "record": data})
+                for item in overlaps:
+                    items.setdefault(item, []).append(where)
             else:
                 kept.write(data)
-    return {"train": str(train), "records": len(rows), "removed": len(found.hits), "kept": len(rows) - len(found.hits),
-            "contaminated_items": {item: [rows[i][1] for i in lines] for item, lines in found.items.items()},
-            "output": str(out)}
+    return {"train": str(train), "records": total, "removed": removed.count, "kept": kept.count,
+            "contaminated_items": dict(sorted(items.items())), "output": str(out)}
 
 
 def overlap_warning(train: str | Path, test: str | Path, cfg: DecontaminateConfig | None = None) -> str | None:
