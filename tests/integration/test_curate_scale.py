@@ -24,7 +24,8 @@ def _corpus(folder: Path) -> tuple[Path, Path]:
     """A training file with planted exact and near copies and junk, and an evaluation file that part of it
     copies from."""
     rng = random.Random(7)
-    paragraphs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 80))).capitalize() + "." for _ in range(120)]
+    paragraphs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 80))).capitalize() + "."
+                  for _ in range(120)]
     rows = [{"text": p} for p in paragraphs]
     for p in paragraphs[:20]:  # near copies: a few words changed
         words = p.split()
