@@ -137,41 +137,43 @@ class Duplicates:
         return [i not in self.reasons for i in range(self.records)]
 
 
-def clusters_from_pairs(pairs: dict[tuple[int, int], str], rank: Callable[[int], tuple], records: int) -> Duplicates:
-    """Pairs join into clusters (union-find); each cluster keeps the member of the lowest rank."""
-    parent: dict[int, int] = {}
+class Clusters:
+    """Pairs joined into clusters as they are found (union-find; the result does not depend on their order).
+    Memory grows with the records that have a duplicate, not with the corpus."""
 
-    def find(i: int) -> int:
+    def __init__(self):
+        self.parent: dict[int, int] = {}
+        self.kind: dict[int, int] = {}  # record -> the first of KIND_ORDER among its pairs
+
+    def find(self, i: int) -> int:
+        parent = self.parent
         parent.setdefault(i, i)
         while parent[i] != i:
             parent[i] = parent[parent[i]]
             i = parent[i]
         return i
 
-    kinds: dict[int, set[str]] = {}
-    for (a, b), kind in pairs.items():
-        ra, rb = find(a), find(b)
+    def add(self, a: int, b: int, kind: str) -> None:
+        ra, rb = self.find(a), self.find(b)
         if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-        kinds.setdefault(a, set()).add(kind)
-        kinds.setdefault(b, set()).add(kind)
-    members: dict[int, list[int]] = {}
-    for i in sorted(parent):
-        members.setdefault(find(i), []).append(i)
-    clusters, reasons = [], {}
-    for group in members.values():
-        kept = min(group, key=rank)
-        clusters.append([kept] + [i for i in group if i != kept])
-        for i in group:
-            if i != kept:
-                reasons[i] = next(k for k in KIND_ORDER if k in kinds[i])
-    return Duplicates(clusters, reasons, records)
+            self.parent[max(ra, rb)] = min(ra, rb)
+        code = KIND_ORDER.index(kind)
+        for i in (a, b):
+            self.kind[i] = min(self.kind.get(i, code), code)
 
-
-def add_pair(pairs: dict[tuple[int, int], str], a: int, b: int, kind: str) -> None:
-    key = (min(a, b), max(a, b))
-    if key not in pairs or KIND_ORDER.index(kind) < KIND_ORDER.index(pairs[key]):
-        pairs[key] = kind
+    def result(self, rank: Callable[[int], tuple], records: int) -> Duplicates:
+        """Each cluster keeps the member of the lowest rank; the others go, each with its reason."""
+        members: dict[int, list[int]] = {}
+        for i in sorted(self.parent):
+            members.setdefault(self.find(i), []).append(i)
+        clusters, reasons = [], {}
+        for group in members.values():
+            kept = min(group, key=rank)
+            clusters.append([kept] + [i for i in group if i != kept])
+            for i in group:
+                if i != kept:
+                    reasons[i] = KIND_ORDER[self.kind[i]]
+        return Duplicates(clusters, reasons, records)
 
 
 def find_duplicates(texts: Iterable[str], cfg: DedupConfig, embed=None, sources: Iterable[int] | None = None,
@@ -219,28 +221,28 @@ def find_in_stream(items: Iterable[tuple[str, int]], cfg: DedupConfig, embed=Non
         if n == 0:
             return Duplicates([], {}, 0)
         length, source = np.concatenate(parts["length"]), np.concatenate(parts["source"])
-        pairs: dict[tuple[int, int], str] = {}
+        clusters = Clusters()
         if cfg.exact:
             for group in runs(np.concatenate(parts["exact"])):
                 for i in group[1:]:
-                    add_pair(pairs, int(group[0]), int(i), "exact")
+                    clusters.add(int(group[0]), int(i), "exact")
         if cfg.near and n > 1:
             bands = np.concatenate(parts["bands"])
             sig = np.memmap(sig_path, dtype=np.uint64, mode="r", shape=(n, cfg.num_perm))
             for band in range(bands.shape[1]):
                 for group in runs(bands[:, band]):
                     for a, b in bucket_pairs(group, sig[group], cfg.threshold):
-                        add_pair(pairs, a, b, "near")
+                        clusters.add(a, b, "near")
         if cfg.semantic and n > 1:
-            vectors = np.fromfile(vec_path, dtype=np.float32).reshape(n, -1)
+            vectors = np.memmap(vec_path, dtype=np.float32, mode="r").reshape(n, -1)
             for start in range(0, n, 1024):  # a block of rows at a time: n x n would not fit for large n
                 block = vectors[start:start + 1024] @ vectors.T
                 for a, b in zip(*np.nonzero(block >= cfg.semantic_threshold)):
                     if start + a < b:
-                        add_pair(pairs, start + int(a), int(b), "semantic")
+                        clusters.add(start + int(a), int(b), "semantic")
     if cfg.keep == "longest":
-        return clusters_from_pairs(pairs, lambda i: (source[i], -length[i], i), n)
-    return clusters_from_pairs(pairs, lambda i: (source[i], i), n)
+        return clusters.result(lambda i: (source[i], -length[i], i), n)
+    return clusters.result(lambda i: (source[i], i), n)
 
 
 def _embed(texts: list[str], name: str) -> np.ndarray:

@@ -199,7 +199,7 @@ def _near_pairs(group: dict[str, np.ndarray], threshold: float) -> dict[str, np.
 def dedup(sources: list[str | Path], output: str | Path, cfg, address: str, workers: int | None = None,
           force: bool = False) -> dict:
     """`dedup_files` with hashing, bucketing and confirming spread over Ray workers."""
-    from tunelab.data.curate.dedup import add_pair, clusters_from_pairs, plan_outputs, write_deduplicated
+    from tunelab.data.curate.dedup import Clusters, plan_outputs, write_deduplicated
     from tunelab.errors import ConfigError
 
     if cfg.semantic:
@@ -209,7 +209,7 @@ def dedup(sources: list[str | Path], output: str | Path, cfg, address: str, work
     with session(address, workers):
         signed = read(sources).map_batches(_Sign, fn_constructor_args=(cfg,), compute=_actors(workers),
                                            batch_size=BATCH, batch_format="numpy").materialize()
-        found: dict[tuple[int, int], str] = {}
+        found = Clusters()
         lengths: dict[int, int] = {}
         steps = []
         if cfg.exact:
@@ -221,13 +221,13 @@ def dedup(sources: list[str | Path], output: str | Path, cfg, address: str, work
             steps.append(("near", groups.map_groups(_near_pairs, fn_args=(cfg.threshold,), batch_format="numpy")))
         for kind, pairs in steps:
             for a, b, la, lb in _rows(pairs, "a", "b", "la", "lb"):
-                add_pair(found, int(a), int(b), kind)
+                found.add(int(a), int(b), kind)
                 lengths[int(a)], lengths[int(b)] = int(la), int(lb)
         records = signed.count()
         if cfg.keep == "longest":
-            duplicates = clusters_from_pairs(found, lambda i: (i >> 40, -lengths[i], i), records)
+            duplicates = found.result(lambda i: (i >> 40, -lengths[i], i), records)
         else:
-            duplicates = clusters_from_pairs(found, lambda i: (i >> 40, i), records)
+            duplicates = found.result(lambda i: (i >> 40, i), records)
         rows = ((int(i), (json.loads(r), w, int(s))) for i, r, w, s in _rows(read(sources), "id", "record",
                                                                                "where", "source"))
         return write_deduplicated(rows, duplicates, targets, clusters_path)
