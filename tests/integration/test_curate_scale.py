@@ -83,12 +83,17 @@ def test_dedup_reads_its_input_once_as_a_stream(monkeypatch):
 
 @pytest.fixture(scope="module")
 def ray_two_workers():
-    ray = pytest.importorskip("ray", reason="the Ray engine needs ray (pip install 'tunelab[ray]')")
-    # two workers, and the CPU the reading and regrouping tasks need beside them
-    ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-             _node_ip_address="127.0.0.1")
-    yield
-    ray.shutdown()
+    """One local Ray for the module's tests, started as `--ray local --workers 2` starts it (two workers and a
+    CPU for reading and regrouping); it must leave no token behind in ~/.ray, which would lock this user out
+    of clusters started later with `ray start`."""
+    pytest.importorskip("ray", reason="the Ray engine needs ray (pip install 'tunelab[ray]')")
+    from tunelab.data.curate.on_ray import session
+
+    token = Path.home() / ".ray" / "auth_token"
+    existed = token.exists()
+    with session("local", 2):
+        yield
+    assert token.exists() == existed
 
 
 def test_ray_data_with_two_workers_writes_the_same_files_as_one_process(tmp_path, ray_two_workers):

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,8 +41,13 @@ def session(address: str, workers: int | None) -> Iterator[None]:
     A Ray already started in this process is used as it is."""
     ray = needs("ray", "ray")
     started = not ray.is_initialized()
+    saved = {k: os.environ.get(k) for k in ("RAY_BACKEND_LOG_LEVEL", "RAY_AUTH_TOKEN")}
     if started:
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+        if address == "local" and not (os.environ.get("RAY_AUTH_MODE") or saved["RAY_AUTH_TOKEN"]):
+            # a Ray started here turns token auth on and, with no token, writes one to ~/.ray/auth_token; a
+            # later `ray start` cluster then refuses this user's connections. The token lives here instead.
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
         local = {"num_cpus": (workers or 1) + 1, "include_dashboard": False, "_node_ip_address": "127.0.0.1"}
         ray.init(**(local if address == "local" else {"address": address}), logging_level="ERROR",
                  log_to_driver=False)
@@ -59,6 +65,11 @@ def session(address: str, workers: int | None) -> Iterator[None]:
         quiet.setLevel(level)
         if started:
             ray.shutdown()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def _actors(workers: int | None):
