@@ -206,3 +206,18 @@ def test_eval_warns_when_a_task_file_overlaps_a_runs_training_file(tmp_path):
     cfg = EvalConfig.load({"models": [{"model": "tiny"}, {"model": "tiny", "adapter": str(run)}], "tasks": tasks})
     warnings = _overlaps(cfg)
     assert len(warnings) == 1 and str(quoted) in warnings[0] and str(train) in warnings[0]
+
+
+def test_equal_keys_group_and_a_bucket_pairs_each_record_with_its_group():
+    import numpy as np
+
+    from tunelab.data.curate.dedup import bucket_pairs, runs
+
+    keys = np.array([5, 3, 5, 1, 3, 3, 9], dtype=np.uint64)
+    assert sorted(g.tolist() for g in runs(keys)) == [[0, 2], [1, 4, 5]]
+    assert sorted(g.tolist() for g in runs(np.array([[1, 2], [1, 3], [1, 2]], dtype=np.uint64))) == [[0, 2]]
+    a, b = np.arange(100, dtype=np.uint64), np.arange(100, 200, dtype=np.uint64)
+    near_a = a.copy()
+    near_a[:5] += 1000  # 95% of the signature shared
+    sigs = np.stack([a, b, near_a, a, b])
+    assert bucket_pairs([0, 1, 2, 3, 4], sigs, 0.7) == [(0, 2), (0, 3), (1, 4)]  # each against one of its group

@@ -99,15 +99,15 @@ def runs(keys: np.ndarray) -> Iterator[np.ndarray]:
     order = np.lexsort(keys.T[::-1]) if keys.ndim == 2 else np.argsort(keys, kind="stable")
     ordered = keys[order]
     same = (ordered[1:] == ordered[:-1]).all(axis=1) if keys.ndim == 2 else ordered[1:] == ordered[:-1]
-    starts = np.flatnonzero(np.diff(np.concatenate([[0], same.astype(np.int8), [0]])) == 1)
-    ends = np.flatnonzero(np.diff(np.concatenate([[0], same.astype(np.int8), [0]])) == -1) + 1
-    for s, e in zip(starts, ends):
+    edges = np.diff(np.concatenate([[0], same.astype(np.int8), [0]]))  # +1 where a run of equals starts
+    for s, e in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) + 1):
         yield np.sort(order[s:e])
 
 
 def bucket_pairs(ids: Sequence[int], sigs: np.ndarray, threshold: float) -> list[tuple[int, int]]:
-    """Near-duplicate pairs among records sharing an LSH band (ids ascending): each is compared with the
-    distinct records before it, on the MinHash estimate of their Jaccard similarity."""
+    """Near-duplicate pairs among records sharing an LSH band (ids ascending), on the MinHash estimate of
+    their Jaccard similarity. Each is compared with the earlier records that matched none before them, one
+    for each group of near-copies: a bucket of k copies costs k comparisons, not k squared."""
     pairs, reps = [], []
     for i, sig in zip(ids, sigs):
         matched = False
