@@ -29,13 +29,13 @@ def cmd_check(args) -> int:
 def cmd_clean(args) -> int:
     from tunelab.data.curate.clean import CleanConfig, clean_file
 
-    cfg = CleanConfig.load(given(args, "clean"), "flags")
-    if args.ray:
+    cfg, scale = CleanConfig.load(given(args, "clean"), "flags"), _scale(args)
+    if scale.ray:
         from tunelab.data.curate import on_ray
 
-        summary = on_ray.clean(args.input, args.output, cfg, args.ray, args.workers, force=args.force)
+        summary = on_ray.clean(args.input, args.output, cfg, scale.ray, scale.workers, force=args.force)
     else:
-        summary = clean_file(args.input, args.output, cfg, workers=args.workers or 1, force=args.force)
+        summary = clean_file(args.input, args.output, cfg, workers=scale.workers or 1, force=args.force)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -43,13 +43,13 @@ def cmd_clean(args) -> int:
 def cmd_dedup(args) -> int:
     from tunelab.data.curate.dedup import DedupConfig, dedup_files
 
-    cfg = DedupConfig.load(given(args, "dedup"), "flags")
-    if args.ray:
+    cfg, scale = DedupConfig.load(given(args, "dedup"), "flags"), _scale(args)
+    if scale.ray:
         from tunelab.data.curate import on_ray
 
-        summary = on_ray.dedup(args.inputs, args.output, cfg, args.ray, args.workers, force=args.force)
+        summary = on_ray.dedup(args.inputs, args.output, cfg, scale.ray, scale.workers, force=args.force)
     else:
-        summary = dedup_files(args.inputs, args.output, cfg, force=args.force, workers=args.workers or 1)
+        summary = dedup_files(args.inputs, args.output, cfg, force=args.force, workers=scale.workers or 1)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -57,17 +57,23 @@ def cmd_dedup(args) -> int:
 def cmd_decontaminate(args) -> int:
     from tunelab.data.curate.decontaminate import DecontaminateConfig, decontaminate_file
 
-    cfg = DecontaminateConfig.load(given(args, "decontaminate"), "flags")
-    if args.ray:
+    cfg, scale = DecontaminateConfig.load(given(args, "decontaminate"), "flags"), _scale(args)
+    if scale.ray:
         from tunelab.data.curate import on_ray
 
-        summary = on_ray.decontaminate(args.train, args.against, args.output, cfg, args.ray, args.workers,
+        summary = on_ray.decontaminate(args.train, args.against, args.output, cfg, scale.ray, scale.workers,
                                        force=args.force)
     else:
         summary = decontaminate_file(args.train, args.against, args.output, cfg, force=args.force,
-                                     workers=args.workers or 1)
+                                     workers=scale.workers or 1)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _scale(args):
+    from tunelab.data.curate.parallel import ScaleConfig
+
+    return ScaleConfig.load(given(args, "scale"), "flags")
 
 
 def cmd_synth(args) -> int:
@@ -170,20 +176,13 @@ def add_synth_parser(commands) -> None:
         p.set_defaults(func=cmd_synth)
 
 
-def add_scale_flags(p) -> None:
-    """How clean, dedup and decontaminate spread their work: worker processes here, or a Ray cluster."""
-    p.add_argument("--workers", type=int, help="worker processes (default 1); with --ray, Ray workers (default: one "
-                   "per CPU of the cluster, less one). The input is streamed either way: files larger than memory pass")
-    p.add_argument("--ray", metavar="ADDRESS", help="run on Ray Data: 'local' (a Ray started here), 'auto' or a "
-                   "cluster's address; same output files (pip install 'tunelab[ray]')")
-
-
 def add_parser(sub) -> None:
     """Register `tunelab data ...` on the main command table; option flags come from the config schema."""
     from tunelab.config import DataConfig, ModelConfig
     from tunelab.data.curate.clean import CleanConfig
     from tunelab.data.curate.decontaminate import DecontaminateConfig
     from tunelab.data.curate.dedup import DedupConfig
+    from tunelab.data.curate.parallel import ScaleConfig
 
     data = sub.add_parser("data", help="check and improve data: check, clean, dedup, decontaminate, synth")
     commands = data.add_subparsers(dest="data_command", required=True)
@@ -200,7 +199,7 @@ def add_parser(sub) -> None:
                             "(Gopher, C4 presets; language); dropped ones go to OUT.dropped.jsonl with their rule")
     p.add_argument("input")
     p.add_argument("output")
-    add_scale_flags(p)
+    add_flags(p, ScaleConfig, "scale", title="scale")
     p.add_argument("--force", action="store_true", help=force)
     add_flags(p, CleanConfig, "clean", title="cleaning")
     p.set_defaults(func=cmd_clean)
@@ -209,7 +208,7 @@ def add_parser(sub) -> None:
                             "clusters go to a side file")
     p.add_argument("inputs", nargs="+", help="one or more files, deduplicated together")
     p.add_argument("--output", "-o", required=True, help="the file written (one input) or a folder (several)")
-    add_scale_flags(p)
+    add_flags(p, ScaleConfig, "scale", title="scale")
     p.add_argument("--force", action="store_true", help=force)
     add_flags(p, DedupConfig, "dedup", title="duplicates")
     p.set_defaults(func=cmd_dedup)
@@ -221,7 +220,7 @@ def add_parser(sub) -> None:
     p.add_argument("train")
     p.add_argument("--against", nargs="+", required=True, help="evaluation files")
     p.add_argument("--output", "-o", required=True, help="the training file without the overlapping records")
-    add_scale_flags(p)
+    add_flags(p, ScaleConfig, "scale", title="scale")
     p.add_argument("--force", action="store_true", help=force)
     add_flags(p, DecontaminateConfig, "decontaminate", title="overlap")
     p.set_defaults(func=cmd_decontaminate)

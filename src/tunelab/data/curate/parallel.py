@@ -12,7 +12,19 @@ import multiprocessing
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from tunelab.config.options import Options, opt
+
 _state: Any = None
+
+
+class ScaleConfig(Options):
+    """How clean, dedup and decontaminate spread their work: worker processes here, or a Ray cluster."""
+
+    workers: int | None = opt(None, "worker processes (default 1); with --ray, Ray workers (default: one per CPU of "
+                              "the cluster, less one). The input is streamed either way: files larger than memory "
+                              "pass", ge=1)
+    ray: str | None = opt(None, "run on Ray Data: 'local' (a Ray started here), 'auto' or a cluster's address; the "
+                          "same output files (pip install 'tunelab[ray]')")
 
 
 def _start(factory: Callable, args: tuple) -> None:
