@@ -132,10 +132,6 @@ class Duplicates:
     def removed(self) -> int:
         return len(self.reasons)
 
-    @property
-    def keep(self) -> list[bool]:
-        return [i not in self.reasons for i in range(self.records)]
-
 
 class Clusters:
     """Pairs joined into clusters as they are found (union-find; the result does not depend on their order).
