@@ -276,7 +276,7 @@ class Cleaner:
 # ---------------------------------------------------------------- a file
 
 
-def _clean_batch(cleaner: Cleaner, batch: list[tuple[dict, str]]) -> list[tuple[dict, str, str | None]]:
+def clean_batch(cleaner: Cleaner, batch: list[tuple[dict, str]]) -> list[tuple[dict, str, str | None]]:
     """(the cleaned record, or the original one when it is dropped: the side file loses nothing; where; rule)."""
     out = []
     for original, where in batch:
@@ -295,7 +295,7 @@ def clean_file(source: str | Path, out: str | Path, cfg: CleanConfig, workers: i
 
     out = Path(out)
     check_output(out, [Path(source)], force)
-    batches = ordered_map(_clean_batch, batched(records(source), 64), workers, Cleaner, cfg)
+    batches = ordered_map(clean_batch, batched(records(source), 64), workers, Cleaner, cfg)
     return write_cleaned(source, out, (row for batch in batches for row in batch))
 
 

@@ -97,7 +97,7 @@ def find_contamination(train: Iterable[dict], evaluation: Iterable[tuple[dict, s
     return result
 
 
-def _match_batch(index: Index, batch: list[tuple[dict, str]]) -> list[tuple[dict, str, list[str]]]:
+def match_batch(index: Index, batch: list[tuple[dict, str]]) -> list[tuple[dict, str, list[str]]]:
     return [(data, where, sorted(index.matches(all_text(data)))) for data, where in batch]
 
 
@@ -114,7 +114,7 @@ def decontaminate_file(train: str | Path, against: list[str | Path], out: str | 
     out = Path(out)
     check_output(out, [Path(train), *map(Path, against)], force)
     index = index_of((item for path in against for item in records(path)), cfg)
-    matched = ordered_map(_match_batch, batched(records(train), 64), workers, given, index)
+    matched = ordered_map(match_batch, batched(records(train), 64), workers, given, index)
     return write_decontaminated(train, out, (row for batch in matched for row in batch))
 
 

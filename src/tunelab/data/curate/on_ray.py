@@ -133,13 +133,11 @@ class _Clean:
         self.cleaner = Cleaner(cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        records, rules = [], []
-        for text in batch["record"]:
-            original = json.loads(text)
-            data, rule = self.cleaner(original)
-            records.append(json.dumps(data if rule is None else original, ensure_ascii=False))
-            rules.append(rule or "")
-        return {"where": batch["where"], "record": _objects(records), "rule": _objects(rules)}
+        from tunelab.data.curate.clean import clean_batch
+
+        rows = clean_batch(self.cleaner, [(json.loads(r), w) for r, w in zip(batch["record"], batch["where"])])
+        return {"where": batch["where"], "record": _objects([json.dumps(d, ensure_ascii=False) for d, _, _ in rows]),
+                "rule": _objects([rule or "" for _, _, rule in rows])}
 
 
 def clean(source: str | Path, out: str | Path, cfg, address: str, workers: int | None = None,
@@ -252,10 +250,11 @@ class _Match:
         self.index = index
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from tunelab.data.curate.fields import all_text
+        from tunelab.data.curate.decontaminate import match_batch
 
-        found = [json.dumps(sorted(self.index.matches(all_text(json.loads(r))))) for r in batch["record"]]
-        return {"where": batch["where"], "record": batch["record"], "overlaps": _objects(found)}
+        rows = match_batch(self.index, [(json.loads(r), w) for r, w in zip(batch["record"], batch["where"])])
+        return {"where": batch["where"], "record": batch["record"],
+                "overlaps": _objects([json.dumps(overlaps) for _, _, overlaps in rows])}
 
 
 def decontaminate(train: str | Path, against: list[str | Path], out: str | Path, cfg, address: str,
